@@ -1,0 +1,188 @@
+"""One direction's loss rows and gradient streamed over blocks, never holding the N x M logits.
+
+Queries and keys are cut into blocks of ``chunk`` rows (the last one zero-padded and masked).
+The forward keeps a running row maximum and sum (online log-sum-exp, as in flash attention and
+Inf-CL); the backward recomputes each tile from those O(N) statistics. Loops go through a
+``scan(body, carry, xs)`` driver: a Python loop for eager backends, ``jax.lax.scan`` under JAX,
+so the traced program does not grow with the number of blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+from ._arrays import Scan, device
+
+Array = Any
+
+
+def blocks(xp: Any, x: Array, chunk: int) -> Array:
+    """``x`` with its leading axis padded to a multiple of ``chunk`` and split: (nb, chunk, ...)."""
+    n = x.shape[0]
+    pad = -n % chunk
+    if pad:
+        zeros = xp.zeros((pad, *x.shape[1:]), dtype=x.dtype, device=device(x))
+        x = xp.concat([x, zeros], axis=0)
+    return xp.reshape(x, (-1, chunk, *x.shape[1:]))
+
+
+def unblock(xp: Any, x: Array, n: int) -> Array:
+    return xp.reshape(x, (-1, *x.shape[2:]))[:n, ...]
+
+
+def starts(xp: Any, n: int, chunk: int, like: Array) -> Array:
+    return xp.arange(0, n, chunk, device=device(like))
+
+
+def masked_logits(
+    xp: Any, scaled: Array, keys: Array, row0: Any, col0: Any, n_keys: int, offset: Any
+) -> Array:
+    """One tile of logits, with padded keys (and in-batch positives) set to -inf."""
+    logits = xp.matmul(scaled, keys.T)
+    cols = xp.arange(keys.shape[0], device=device(keys)) + col0
+    hidden = cols[None, :] >= n_keys
+    if offset is not None:
+        hidden = hidden | _core.positive_mask(xp, logits, offset, row0, col0)
+    return xp.where(hidden, -xp.inf, logits)
+
+
+def forward(
+    xp: Any,
+    anchor: Array,
+    positive: Array,
+    candidates: Array,
+    scale: Any,
+    offset: Any,
+    chunk: int,
+    scan: Scan,
+) -> tuple[Array, tuple[Array, ...]]:
+    """Loss rows of one direction; the residuals are three (N,) vectors."""
+    if candidates.ndim == 3:
+        return _paired_forward(xp, anchor, positive, candidates, scale, chunk, scan)
+    n, n_keys = anchor.shape[0], candidates.shape[0]
+    scaled = anchor * scale
+    positive_logit = xp.sum(scaled * positive, axis=-1)
+    key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
+
+    def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array, Array]]:
+        scaled_i, positive_i, row0 = x
+
+        def key_block(stats: tuple[Array, Array], y: tuple[Array, ...]) -> Any:
+            row_max, others = stats
+            logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
+            new_max = xp.maximum(row_max, xp.max(logits, axis=-1))
+            others = others * xp.exp(row_max - new_max)
+            others = others + xp.sum(xp.exp(logits - new_max[:, None]), axis=-1)
+            return (new_max, others), None
+
+        stats, _ = scan(key_block, (positive_i, xp.zeros_like(positive_i)), key_blocks)
+        return None, stats
+
+    _, (row_max, others) = scan(
+        row_block,
+        None,
+        (blocks(xp, scaled, chunk), blocks(xp, positive_logit, chunk), starts(xp, n, chunk, scaled)),
+    )
+    row_max, others = unblock(xp, row_max, n), unblock(xp, others, n)
+    rows, partition = _core.row_losses(xp, positive_logit, row_max, others)
+    return rows, (row_max, others, partition)
+
+
+def backward(
+    xp: Any,
+    anchor: Array,
+    positive: Array,
+    candidates: Array,
+    scale: Any,
+    offset: Any,
+    chunk: int,
+    scan: Scan,
+    residuals: tuple[Array, ...],
+    grad_rows: Array,
+) -> tuple[Array, Array, Array, Array]:
+    """Gradients as ``_core.backward``, recomputing each tile of logits."""
+    if candidates.ndim == 3:
+        return _paired_backward(xp, anchor, positive, candidates, scale, chunk, scan, grad_rows)
+    row_max, others, partition = residuals
+    n, n_keys, dim = anchor.shape[0], candidates.shape[0], anchor.shape[1]
+    scaled = anchor * scale
+    weight = grad_rows / partition
+    key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
+
+    def row_block(grad_keys: Array, x: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
+        scaled_i, max_i, weight_i, row0 = x
+        weighted_i = scaled_i * weight_i[:, None]
+
+        def key_block(pulled: Array, y: tuple[Array, ...]) -> Any:
+            logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
+            exps = xp.exp(logits - max_i[:, None])
+            return pulled + xp.matmul(exps, y[0]), (xp.matmul(exps.T, weighted_i),)
+
+        zeros = xp.zeros((scaled_i.shape[0], dim), dtype=scaled.dtype, device=device(scaled))
+        pulled, (grad_keys_i,) = scan(key_block, zeros, key_blocks)
+        return grad_keys + grad_keys_i, (pulled,)
+
+    grad_keys = xp.zeros_like(key_blocks[0])
+    grad_keys, (pulled,) = scan(
+        row_block,
+        grad_keys,
+        (
+            blocks(xp, scaled, chunk),
+            blocks(xp, row_max, chunk),
+            blocks(xp, weight, chunk),
+            starts(xp, n, chunk, scaled),
+        ),
+    )
+    return _core.finish(
+        xp,
+        anchor,
+        positive,
+        scaled,
+        scale,
+        weight,
+        -(weight * others),
+        unblock(xp, pulled, n),
+        unblock(xp, grad_keys, n_keys),
+    )
+
+
+# Paired negatives belong to their query: rows are independent, so blocks of queries (with their
+# own M negatives) go through the all-at-once path; a block's logits are chunk x M, never more
+# than its share of the negatives themselves.
+
+
+def _paired_forward(
+    xp: Any, anchor: Array, positive: Array, negatives: Array, scale: Any, chunk: int, scan: Scan
+) -> tuple[Array, tuple[Array, ...]]:
+    def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array]]:
+        rows, _ = _core.forward(xp, *x, scale, None)
+        return None, (rows,)
+
+    n = anchor.shape[0]
+    _, (rows,) = scan(row_block, None, tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives)))
+    return unblock(xp, rows, n), ()
+
+
+def _paired_backward(
+    xp: Any,
+    anchor: Array,
+    positive: Array,
+    negatives: Array,
+    scale: Any,
+    chunk: int,
+    scan: Scan,
+    grad_rows: Array,
+) -> tuple[Array, Array, Array, Array]:
+    def row_block(grad_scale: Array, x: tuple[Array, ...]) -> Any:
+        a, b, c, g = x
+        _, residuals = _core.forward(xp, a, b, c, scale, None)
+        da, db, dc, ds = _core.backward(xp, a, b, c, scale, residuals, g)
+        return grad_scale + ds, (da, db, dc)
+
+    n = anchor.shape[0]
+    xs = tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives, grad_rows))
+    zero = xp.zeros((), dtype=anchor.dtype, device=device(anchor))
+    grad_scale, grads = scan(row_block, zero, xs)
+    da, db, dc = (unblock(xp, g, n) for g in grads)
+    return da, db, dc, grad_scale
