@@ -76,7 +76,7 @@ def torch_case(case: dict[str, Any], block: dict[str, np.ndarray]) -> dict[str, 
     out: dict[str, np.ndarray] = {}
     if api == "value_and_grad":
         loss, grads = infonce_xp.info_nce_value_and_grad(
-            *(a.detach() for a in args), temperature, **opts, grad_output=grad_output, gather=it.all_gather
+            *(a.detach() for a in args), temperature=temperature, **opts, grad_output=grad_output, gather=it.all_gather
         )
         for k in INPUTS:
             if getattr(grads, k) is not None:
@@ -136,7 +136,7 @@ def torch_worker(rank: int, world: int, port: int, directory: str) -> None:
         cases, inputs = load(Path(directory))
         results = {"rank": np.asarray(it.all_gather.rank())}
         for name, case in cases.items():
-            if case["api"] == "pmap" or "torch" not in case["backends"]:
+            if case["world"] != world or "torch" not in case["backends"]:
                 continue
             block = local_block(case, inputs, name, rank, world)
             for key, value in torch_case(case, block).items():
@@ -202,14 +202,15 @@ def jax_case(case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, wor
             loss = infonce_xp.info_nce(*args, temperature=temp, gather=gather, **opts)
         value = jnp.sum(loss * (grad_output if none else grad_output[0]))
         if pattern == "reduced":
-            value = jax.lax.psum(value, "batch") if none else jax.lax.pmean(value, "batch")
+            mean = case["reduction"] == "mean"
+            value = jax.lax.pmean(value, "batch") if mean else jax.lax.psum(value, "batch")
         return value, loss
 
     def body(grad_output: Any, temperature: Any, *args: Any) -> tuple[Any, ...]:
         argnums = (() if temperature is None else (1,)) + tuple(range(2, 2 + len(args)))
         if case["api"] == "value_and_grad":
             loss, g = infonce_xp.info_nce_value_and_grad(
-                *args, t if temperature is None else temperature, **opts,
+                *args, temperature=t if temperature is None else temperature, **opts,
                 grad_output=grad_output if none else grad_output[0], gather=gather,
             )  # fmt: skip
             grads = [getattr(g, k) for k in names] + ([] if temperature is None else [g.temperature])
@@ -265,14 +266,13 @@ def run_jax(directory: str) -> None:
     for name, case in cases.items():
         if "jax" not in case["backends"]:
             continue
-        for world in case["worlds"]:
-            for pattern in case["jax_patterns"]:
-                key = f"{world}/{pattern}/{name}"
-                try:
-                    for k, v in jax_case(case, inputs, name, world, pattern).items():
-                        results[f"{key}/{k}"] = v
-                except Exception:
-                    errors[key] = traceback.format_exc(limit=-3)
+        for pattern in case["jax_patterns"]:
+            key = f"{name}/{pattern}"
+            try:
+                for k, v in jax_case(case, inputs, name, case["world"], pattern).items():
+                    results[f"{key}/{k}"] = v
+            except Exception:
+                errors[key] = traceback.format_exc(limit=-4)
     np.savez(Path(directory) / "jax.npz", **results)
     (Path(directory) / "jax-errors.json").write_text(json.dumps(errors))
 
