@@ -51,7 +51,12 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install("-e", ".", "--no-deps")
     session.install("array-api-compat")
     args = session.posargs or []
-    session.run("pytest", f"--backend={backend}", *args, env={"HYPOTHESIS_PROFILE": "ci" if os.environ.get("CI") else "default"})
+    session.run(
+        "pytest",
+        f"--backend={backend}",
+        *args,
+        env={"HYPOTHESIS_PROFILE": "ci" if os.environ.get("CI") else "default"},
+    )
 
 
 @nox.session

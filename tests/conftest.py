@@ -52,9 +52,9 @@ class Backend:
         if self.name in ("torch", "torch-cuda"):
             import torch
 
-            return torch.asarray(x.astype(np.float32) if dtype_name == "bfloat16" else x, device=self.device).to(
-                getattr(torch, dtype_name)
-            )
+            return torch.asarray(
+                x.astype(np.float32) if dtype_name == "bfloat16" else x, device=self.device
+            ).to(getattr(torch, dtype_name))
         if dtype_name == "float16" and self.name == "array_api_strict":
             pytest.skip("array_api_strict has no float16 (the standard does not define it)")
         if dtype_name == "bfloat16":
@@ -63,11 +63,19 @@ class Backend:
 
                 return jnp.asarray(x.astype(np.float32), dtype=jnp.bfloat16)
             pytest.skip(f"{self.name} has no bfloat16")
-        return self.xp.asarray(x.astype(dtype_name), device=self.device) if self.device is not None else self.xp.asarray(x.astype(dtype_name))
+        return (
+            self.xp.asarray(x.astype(dtype_name), device=self.device)
+            if self.device is not None
+            else self.xp.asarray(x.astype(dtype_name))
+        )
 
     def to_numpy(self, x: Any) -> np.ndarray:
         if self.name in ("torch", "torch-cuda"):
-            return x.detach().cpu().float().numpy() if str(x.dtype) == "torch.bfloat16" else x.detach().cpu().numpy()
+            return (
+                x.detach().cpu().float().numpy()
+                if str(x.dtype) == "torch.bfloat16"
+                else x.detach().cpu().numpy()
+            )
         if self.name == "cupy":
             return x.get()
         if self.name == "array_api_strict":
@@ -79,7 +87,9 @@ class Backend:
 
 def make_backend(name: str) -> Backend:
     """The backend ``name``, or a pytest skip saying why it cannot run here."""
-    module = {"torch-cuda": "torch", "jax-gpu": "jax", "array_api_strict": "array_api_strict"}.get(name, name)
+    module = {"torch-cuda": "torch", "jax-gpu": "jax", "array_api_strict": "array_api_strict"}.get(
+        name, name
+    )
     try:
         lib = importlib.import_module(module)
     except ImportError:

@@ -9,7 +9,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def reference_rows(q, k, neg=None, temperature=0.1, mode="unpaired", symmetric=False, normalize=True):
+def reference_rows(
+    q, k, neg=None, temperature=0.1, mode="unpaired", symmetric=False, normalize=True
+):
     """Per-query InfoNCE losses in float64, written the textbook way (logits, then cross-entropy)."""
     q, k = (np.asarray(a, dtype=np.float64) for a in (q, k))
     if normalize:
@@ -24,10 +26,7 @@ def reference_rows(q, k, neg=None, temperature=0.1, mode="unpaired", symmetric=F
     if normalize:
         neg = normalise(neg)
     positive = np.sum(q * k, axis=1, keepdims=True)
-    if mode == "unpaired":
-        negative = q @ neg.T
-    else:
-        negative = np.einsum("nd,nmd->nm", q, neg)
+    negative = q @ neg.T if mode == "unpaired" else np.einsum("nd,nmd->nm", q, neg)
     logits = np.concatenate([positive, negative], axis=1) / temperature
     return _cross_entropy(logits, np.zeros(len(q), dtype=int))
 
@@ -42,12 +41,19 @@ def reduce(rows: np.ndarray, reduction: str) -> np.ndarray:
     return {"mean": rows.mean(), "sum": rows.sum(), "none": rows}[reduction]
 
 
-def seed(q, k, neg=None, temperature=0.1, reduction="mean", mode="unpaired", dtype="float64", grad=False):
+def seed(
+    q, k, neg=None, temperature=0.1, reduction="mean", mode="unpaired", dtype="float64", grad=False
+):
     """The seed package's loss (and, with grad=True, its autograd gradients) as NumPy."""
     import torch
     from info_nce import info_nce
 
-    tensors = [None if a is None else torch.tensor(np.asarray(a), dtype=getattr(torch, dtype), requires_grad=grad) for a in (q, k, neg)]
+    tensors = [
+        None
+        if a is None
+        else torch.tensor(np.asarray(a), dtype=getattr(torch, dtype), requires_grad=grad)
+        for a in (q, k, neg)
+    ]
     loss = info_nce(*tensors, temperature=temperature, reduction=reduction, negative_mode=mode)
     if not grad:
         return loss.detach().numpy()

@@ -8,7 +8,12 @@ import pytest
 from infonce_xp import InfoNCE, info_nce, info_nce_value_and_grad
 
 rng = np.random.default_rng(0)
-Q, K, NEG, PAIRED = rng.normal(size=(8, 4)), rng.normal(size=(8, 4)), rng.normal(size=(5, 4)), rng.normal(size=(8, 5, 4))
+Q, K, NEG, PAIRED = (
+    rng.normal(size=(8, 4)),
+    rng.normal(size=(8, 4)),
+    rng.normal(size=(5, 4)),
+    rng.normal(size=(8, 5, 4)),
+)
 
 
 @pytest.mark.parametrize(
@@ -16,13 +21,33 @@ Q, K, NEG, PAIRED = rng.normal(size=(8, 4)), rng.normal(size=(8, 4)), rng.normal
     [
         ((Q[0], K), {}, ValueError, ["query", "2 dimensions", "(4,)"]),
         ((Q, K[None]), {}, ValueError, ["positive_key", "2 dimensions", "(1, 8, 4)"]),
-        ((Q, K, PAIRED), {}, ValueError, ["negative_keys", "2 dimensions", "unpaired", "(8, 5, 4)"]),
-        ((Q, K, NEG), {"negative_mode": "paired"}, ValueError, ["negative_keys", "3 dimensions", "paired"]),
+        (
+            (Q, K, PAIRED),
+            {},
+            ValueError,
+            ["negative_keys", "2 dimensions", "unpaired", "(8, 5, 4)"],
+        ),
+        (
+            (Q, K, NEG),
+            {"negative_mode": "paired"},
+            ValueError,
+            ["negative_keys", "3 dimensions", "paired"],
+        ),
         ((Q, K[:5]), {}, ValueError, ["positive_key", "8", "5"]),
-        ((Q, K, PAIRED[:3]), {"negative_mode": "paired"}, ValueError, ["negative_keys", "one row per query", "(3, 5, 4)"]),
+        (
+            (Q, K, PAIRED[:3]),
+            {"negative_mode": "paired"},
+            ValueError,
+            ["negative_keys", "one row per query", "(3, 5, 4)"],
+        ),
         ((Q, K[:, :3]), {}, ValueError, ["positive_key", "4 features", "(8, 3)"]),
         ((Q, K, NEG[:, :2]), {}, ValueError, ["negative_keys", "4 features", "(5, 2)"]),
-        ((Q, K), {"negative_mode": "pairwise"}, ValueError, ["negative_mode", "'pairwise'", "paired"]),
+        (
+            (Q, K),
+            {"negative_mode": "pairwise"},
+            ValueError,
+            ["negative_mode", "'pairwise'", "paired"],
+        ),
         ((Q, K), {"reduction": "avg"}, ValueError, ["reduction", "'avg'", "mean"]),
         ((Q, K), {"temperature": 0.0}, ValueError, ["temperature", "0.0"]),
         ((Q, K), {"temperature": -0.1}, ValueError, ["temperature", "-0.1"]),
@@ -58,7 +83,9 @@ def test_bad_input_is_named(args, kwargs, error, words):
 
 def test_two_libraries_in_one_call():
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"one array library.*query: numpy.ndarray, positive_key: torch.Tensor"):
+    with pytest.raises(
+        TypeError, match=r"one array library.*query: numpy.ndarray, positive_key: torch.Tensor"
+    ):
         info_nce(Q, torch.tensor(K))
 
 
@@ -84,10 +111,20 @@ def test_inputs_are_never_modified(backend):
         for negatives, mode in ((None, "unpaired"), (NEG, "unpaired"), (PAIRED, "paired")):
             for chunk_size in (None, 3):
                 for normalize in (True, False):
-                    given = [backend.asarray(a) for a in (Q, K)] + [None if negatives is None else backend.asarray(negatives)]
+                    given = [backend.asarray(a) for a in (Q, K)] + [
+                        None if negatives is None else backend.asarray(negatives)
+                    ]
                     before = [None if a is None else backend.to_numpy(a).copy() for a in given]
-                    info_nce_value_and_grad(*given, negative_mode=mode, chunk_size=chunk_size, normalize=normalize)
-                    info_nce(*given, negative_mode=mode, chunk_size=chunk_size, normalize=normalize, symmetric=negatives is None)
+                    info_nce_value_and_grad(
+                        *given, negative_mode=mode, chunk_size=chunk_size, normalize=normalize
+                    )
+                    info_nce(
+                        *given,
+                        negative_mode=mode,
+                        chunk_size=chunk_size,
+                        normalize=normalize,
+                        symmetric=negatives is None,
+                    )
                     for a, b in zip(given, before):
                         if a is not None:
                             np.testing.assert_array_equal(backend.to_numpy(a), b)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import reduce, reference_rows, seed
-from test_loss import problems
 
 from infonce_xp import info_nce, info_nce_value_and_grad
+from reference import reduce, reference_rows, seed
+from test_loss import problems
 
 
 def _grads(backend, q, k, neg, **kwargs):
@@ -53,20 +53,38 @@ def test_gradients_match_finite_differences(backend, mode, normalize, reduction)
     q, k = rng.normal(size=(2, 5, 3))
     neg = {"unpaired": rng.normal(size=(4, 3)), "paired": rng.normal(size=(5, 4, 3))}.get(mode)
     go = rng.normal(size=(5,) if reduction == "none" else ())
-    options = {"negative_mode": "paired" if mode == "paired" else "unpaired", "symmetric": mode == "symmetric", "normalize": normalize, "reduction": reduction}
+    options = {
+        "negative_mode": "paired" if mode == "paired" else "unpaired",
+        "symmetric": mode == "symmetric",
+        "normalize": normalize,
+        "reduction": reduction,
+    }
 
     def value(q, k, neg, t):
-        rows = reference_rows(q, k, neg, t, options["negative_mode"], options["symmetric"], normalize)
+        rows = reference_rows(
+            q, k, neg, t, options["negative_mode"], options["symmetric"], normalize
+        )
         return float(np.sum(go * reduce(rows, reduction)))
 
     t = 0.3
     args = [backend.asarray(a) for a in (q, k)] + [None if neg is None else backend.asarray(neg)]
-    _, grads = info_nce_value_and_grad(*args, temperature=backend.asarray(np.asarray(t)), grad_output=backend.asarray(go), **options)
+    _, grads = info_nce_value_and_grad(
+        *args,
+        temperature=backend.asarray(np.asarray(t)),
+        grad_output=backend.asarray(go),
+        **options,
+    )
     got = [None if g is None else backend.to_numpy(g) for g in grads]
-    np.testing.assert_allclose(got[0], _finite_difference(lambda x: value(x, k, neg, t), q), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(got[1], _finite_difference(lambda x: value(q, x, neg, t), k), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        got[0], _finite_difference(lambda x: value(x, k, neg, t), q), rtol=1e-6, atol=1e-8
+    )
+    np.testing.assert_allclose(
+        got[1], _finite_difference(lambda x: value(q, x, neg, t), k), rtol=1e-6, atol=1e-8
+    )
     if neg is not None:
-        np.testing.assert_allclose(got[2], _finite_difference(lambda x: value(q, k, x, t), neg), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(
+            got[2], _finite_difference(lambda x: value(q, k, x, t), neg), rtol=1e-6, atol=1e-8
+        )
     fd_t = (value(q, k, neg, t + 1e-6) - value(q, k, neg, t - 1e-6)) / 2e-6
     np.testing.assert_allclose(got[3], fd_t, rtol=1e-6)
 
@@ -97,7 +115,9 @@ def test_symmetric_is_the_clip_loss():
 def test_symmetric_none_is_the_per_pair_average(backend):
     rng = np.random.default_rng(3)
     q, k = rng.normal(size=(2, 6, 4))
-    rows = backend.to_numpy(info_nce(backend.asarray(q), backend.asarray(k), reduction="none", symmetric=True))
+    rows = backend.to_numpy(
+        info_nce(backend.asarray(q), backend.asarray(k), reduction="none", symmetric=True)
+    )
     expected = (reference_rows(q, k) + reference_rows(k, q)) / 2
     np.testing.assert_allclose(rows, expected, rtol=1e-12)
 
@@ -105,7 +125,9 @@ def test_symmetric_none_is_the_per_pair_average(backend):
 def test_unnormalised_logits_stay_stable(backend):
     rng = np.random.default_rng(4)
     q, k = 100 * rng.normal(size=(2, 8, 4))
-    out = backend.to_numpy(info_nce(backend.asarray(q), backend.asarray(k), normalize=False, reduction="none"))
+    out = backend.to_numpy(
+        info_nce(backend.asarray(q), backend.asarray(k), normalize=False, reduction="none")
+    )
     np.testing.assert_allclose(out, reference_rows(q, k, normalize=False), rtol=1e-10)
     assert np.all(np.isfinite(out))
 
@@ -118,11 +140,20 @@ def test_unnormalised_logits_stay_stable(backend):
 def test_torch_gradcheck(mode, chunk_size):
     torch = pytest.importorskip("torch")
     gen = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    neg = {"unpaired": torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True),
-           "paired": torch.randn(5, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)}.get(mode)
+    q, k = (
+        torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2)
+    )
+    neg = {
+        "unpaired": torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True),
+        "paired": torch.randn(5, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True),
+    }.get(mode)
     t = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
-    options = {"negative_mode": "paired" if mode == "paired" else "unpaired", "symmetric": mode == "symmetric", "chunk_size": chunk_size, "reduction": "none"}
+    options = {
+        "negative_mode": "paired" if mode == "paired" else "unpaired",
+        "symmetric": mode == "symmetric",
+        "chunk_size": chunk_size,
+        "reduction": "none",
+    }
     inputs = (q, k, t) if neg is None else (q, k, t, neg)
 
     def f(q, k, t, neg=None):
@@ -163,7 +194,9 @@ def test_torch_module_is_a_drop_in():
     ours, theirs = InfoNCE(0.2, "sum", "paired"), seed_package.InfoNCE(0.2, "sum", "paired")
     assert repr(ours) == "InfoNCE(temperature=0.2, reduction='sum', negative_mode='paired')"
     assert ours.state_dict() == theirs.state_dict() == {}
-    model = torch.nn.ModuleDict({"loss": torch.nn.Sequential(torch.nn.Identity()), "info": ours}).to("cpu", torch.float64)
+    model = torch.nn.ModuleDict(
+        {"loss": torch.nn.Sequential(torch.nn.Identity()), "info": ours}
+    ).to("cpu", torch.float64)
     q, k, neg = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 5, 3)
     torch.testing.assert_close(model["info"](q, k, neg), theirs(q, k, neg))
     assert model["info"].temperature == 0.2
@@ -176,11 +209,17 @@ def test_torch_module_is_a_drop_in():
 def test_torch_compile_fullgraph(chunk_size):
     torch = pytest.importorskip("torch")
     gen = torch.Generator().manual_seed(0)
-    q, k, neg = torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    q, k, neg = (
+        torch.randn(8, 4, generator=gen),
+        torch.randn(8, 4, generator=gen),
+        torch.randn(6, 4, generator=gen),
+    )
     t = torch.tensor(0.1, requires_grad=True)
 
     def f(q, k, neg, t):
-        return info_nce(q, k, neg, temperature=t, chunk_size=chunk_size) + info_nce(q, k, symmetric=True)
+        return info_nce(q, k, neg, temperature=t, chunk_size=chunk_size) + info_nce(
+            q, k, symmetric=True
+        )
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     leaves = [x.clone().requires_grad_() for x in (q, k, neg)]
@@ -202,7 +241,9 @@ def test_jax_jit_grad_vmap():
     t = 0.2
 
     def loss(q, k, neg, t):
-        return info_nce(q, k, neg, temperature=t) + info_nce(q, k, temperature=t, symmetric=True, chunk_size=4)
+        return info_nce(q, k, neg, temperature=t) + info_nce(
+            q, k, temperature=t, symmetric=True, chunk_size=4
+        )
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
     for i in range(4):
@@ -212,10 +253,16 @@ def test_jax_jit_grad_vmap():
         np.testing.assert_allclose(np.asarray(got[0]), g1.query + g2.query, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(np.asarray(got[2]), g1.negative_keys, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(np.asarray(got[3]), g1.temperature + g2.temperature, rtol=1e-10)
-    batched = jax.vmap(lambda q, k, neg: info_nce(q, k, neg, reduction="none"))(jnp.asarray(q), jnp.asarray(k), jnp.asarray(neg))
+    batched = jax.vmap(lambda q, k, neg: info_nce(q, k, neg, reduction="none"))(
+        jnp.asarray(q), jnp.asarray(k), jnp.asarray(neg)
+    )
     for i in range(4):
-        np.testing.assert_allclose(np.asarray(batched[i]), reference_rows(q[i], k[i], neg[i]), rtol=1e-12)
-    per_batch_grad = jax.vmap(jax.grad(lambda q, k: info_nce(q, k, chunk_size=4)))(jnp.asarray(q), jnp.asarray(k))
+        np.testing.assert_allclose(
+            np.asarray(batched[i]), reference_rows(q[i], k[i], neg[i]), rtol=1e-12
+        )
+    per_batch_grad = jax.vmap(jax.grad(lambda q, k: info_nce(q, k, chunk_size=4)))(
+        jnp.asarray(q), jnp.asarray(k)
+    )
     for i in range(4):
         _, g = info_nce_value_and_grad(q[i], k[i])
         np.testing.assert_allclose(np.asarray(per_batch_grad[i]), g.query, rtol=1e-10, atol=1e-12)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import reduce, reference_rows, seed
 
 import infonce_xp
 from infonce_xp import InfoNCE, info_nce
+from reference import reduce, reference_rows, seed
 
 MODES = ("in-batch", "unpaired", "paired")
 
@@ -27,7 +27,11 @@ def problems(draw, max_n=64, max_d=64):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     q, k = rng.normal(size=(2, n, d))
     k = q + draw(st.sampled_from([0.1, 1.0, 3.0])) * k  # positives related to their queries
-    neg = {"in-batch": None, "unpaired": rng.normal(size=(m, d)), "paired": rng.normal(size=(n, m, d))}[mode]
+    neg = {
+        "in-batch": None,
+        "unpaired": rng.normal(size=(m, d)),
+        "paired": rng.normal(size=(n, m, d)),
+    }[mode]
     return q, k, neg, temperature, "paired" if mode == "paired" else "unpaired"
 
 
@@ -38,7 +42,11 @@ def tolerance(dtype: str, temperature: float) -> dict:
     return {"rtol": 1e-12, "atol": 1e-13 / temperature}
 
 
-@given(problem=problems(), reduction=st.sampled_from(["mean", "sum", "none"]), dtype=st.sampled_from(["float32", "float64"]))
+@given(
+    problem=problems(),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
 def test_matches_reference_and_seed(backend, problem, reduction, dtype):
     q, k, neg, t, mode = problem
     q, k = q.astype(dtype), k.astype(dtype)
@@ -52,7 +60,9 @@ def test_matches_reference_and_seed(backend, problem, reduction, dtype):
     scale = len(q) if reduction == "sum" else 1
     tol = tolerance(dtype, t)
     np.testing.assert_allclose(got, expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
-    np.testing.assert_allclose(got, seed(q, k, neg, t, reduction, mode, dtype), rtol=tol["rtol"], atol=tol["atol"] * scale)
+    np.testing.assert_allclose(
+        got, seed(q, k, neg, t, reduction, mode, dtype), rtol=tol["rtol"], atol=tol["atol"] * scale
+    )
 
 
 @pytest.mark.parametrize("n, d", [(1, 1), (512, 512), (300, 7)])
@@ -60,9 +70,13 @@ def test_extreme_shapes_match_seed(backend, n, d):
     rng = np.random.default_rng(n + d)
     q, k, neg = rng.normal(size=(3, n, d)).astype(np.float32)
     for negatives, mode in ((None, "unpaired"), (neg, "unpaired"), (neg[:, None, :], "paired")):
-        args = [backend.asarray(a) for a in (q, k)] + [None if negatives is None else backend.asarray(negatives)]
+        args = [backend.asarray(a) for a in (q, k)] + [
+            None if negatives is None else backend.asarray(negatives)
+        ]
         got = backend.to_numpy(info_nce(*args, negative_mode=mode, reduction="none"))
-        np.testing.assert_allclose(got, seed(q, k, negatives, 0.1, "none", mode, "float32"), rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(
+            got, seed(q, k, negatives, 0.1, "none", mode, "float32"), rtol=1e-5, atol=2e-5
+        )
 
 
 def test_result_is_an_array_of_the_input_namespace(backend):
@@ -82,7 +96,9 @@ def test_mixed_precision_promotes(backend):
     q, k = rng.normal(size=(2, 6, 3))
     out = info_nce(backend.asarray(q.astype(np.float32)), backend.asarray(k))
     assert backend.to_numpy(out).dtype == np.float64
-    np.testing.assert_allclose(backend.to_numpy(out), reference_rows(q.astype(np.float32), k).mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        backend.to_numpy(out), reference_rows(q.astype(np.float32), k).mean(), rtol=1e-12
+    )
 
 
 # Properties -----------------------------------------------------------------------------
@@ -92,10 +108,17 @@ def test_mixed_precision_promotes(backend):
 def test_scale_invariance_of_each_row(backend, problem, data):
     q, k, neg, t, mode = problem
     rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
-    scaled = [None if a is None else a * rng.uniform(0.1, 10.0, size=(*a.shape[:-1], 1)) for a in (q, k, neg)]
-    base = info_nce(*[None if a is None else backend.asarray(a) for a in (q, k, neg)], t, "none", mode)
+    scaled = [
+        None if a is None else a * rng.uniform(0.1, 10.0, size=(*a.shape[:-1], 1))
+        for a in (q, k, neg)
+    ]
+    base = info_nce(
+        *[None if a is None else backend.asarray(a) for a in (q, k, neg)], t, "none", mode
+    )
     other = info_nce(*[None if a is None else backend.asarray(a) for a in scaled], t, "none", mode)
-    np.testing.assert_allclose(backend.to_numpy(base), backend.to_numpy(other), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        backend.to_numpy(base), backend.to_numpy(other), rtol=1e-9, atol=1e-9
+    )
 
 
 @given(problem=problems(max_n=16, max_d=8), data=st.data())
@@ -103,8 +126,15 @@ def test_permutation_equivariance(backend, problem, data):
     q, k, neg, t, mode = problem
     perm = np.asarray(data.draw(st.permutations(range(len(q)))))
     permuted_neg = neg[perm] if mode == "paired" else neg
-    base = backend.to_numpy(info_nce(*[None if a is None else backend.asarray(a) for a in (q, k, neg)], t, "none", mode))
-    other = info_nce(*[None if a is None else backend.asarray(a) for a in (q[perm], k[perm], permuted_neg)], t, "none", mode)
+    base = backend.to_numpy(
+        info_nce(*[None if a is None else backend.asarray(a) for a in (q, k, neg)], t, "none", mode)
+    )
+    other = info_nce(
+        *[None if a is None else backend.asarray(a) for a in (q[perm], k[perm], permuted_neg)],
+        t,
+        "none",
+        mode,
+    )
     np.testing.assert_allclose(backend.to_numpy(other), base[perm], rtol=1e-10, atol=1e-12)
 
 
@@ -124,7 +154,12 @@ def test_reductions_and_positivity(backend, problem):
 def test_identical_embeddings_give_log_n(backend, n):
     x = backend.asarray(np.ones((n, 5)))
     for symmetric in (False, True):
-        np.testing.assert_allclose(backend.to_numpy(info_nce(x, x, symmetric=symmetric)), math.log(n), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            backend.to_numpy(info_nce(x, x, symmetric=symmetric)),
+            math.log(n),
+            rtol=1e-12,
+            atol=1e-15,
+        )
 
 
 # Precision --------------------------------------------------------------------------------
@@ -136,7 +171,11 @@ def test_identical_embeddings_give_log_n(backend, n):
 def test_half_precision_accumulates_in_float32(backend, dtype, temperature, mode):
     rng = np.random.default_rng(3)
     q, k = rng.normal(size=(2, 64, 32))
-    neg = {"in-batch": None, "unpaired": rng.normal(size=(40, 32)), "paired": rng.normal(size=(64, 5, 32))}[mode]
+    neg = {
+        "in-batch": None,
+        "unpaired": rng.normal(size=(40, 32)),
+        "paired": rng.normal(size=(64, 5, 32)),
+    }[mode]
     arrays = [None if a is None else backend.asarray(a, dtype) for a in (q, k, neg)]
     rounded = [None if a is None else backend.to_numpy(a).astype(np.float64) for a in arrays]
     out = info_nce(*arrays, temperature, "none", "paired" if mode == "paired" else "unpaired")
@@ -167,7 +206,10 @@ def test_zero_rows_give_finite_loss_and_gradients(backend, dtype, where):
     for negatives in (None, data["negative_keys"]):
         if negatives is None and where == "negative_keys":
             continue
-        arrays = [backend.asarray(data["query"], dtype), backend.asarray(data["positive_key"], dtype)]
+        arrays = [
+            backend.asarray(data["query"], dtype),
+            backend.asarray(data["positive_key"], dtype),
+        ]
         arrays.append(None if negatives is None else backend.asarray(negatives, dtype))
         loss, grads = infonce_xp.info_nce_value_and_grad(*arrays)
         assert np.isfinite(backend.to_numpy(loss))
@@ -188,7 +230,9 @@ def test_class_calls_the_function(backend):
     neg = backend.asarray(rng.normal(size=(10, 3, 4)))
     loss_fn = InfoNCE(temperature=0.2, reduction="sum", negative_mode="paired")
     np.testing.assert_allclose(
-        backend.to_numpy(loss_fn(q, k, neg)), backend.to_numpy(info_nce(q, k, neg, 0.2, "sum", "paired")), rtol=1e-14
+        backend.to_numpy(loss_fn(q, k, neg)),
+        backend.to_numpy(info_nce(q, k, neg, 0.2, "sum", "paired")),
+        rtol=1e-14,
     )
     assert repr(loss_fn) == "InfoNCE(temperature=0.2, reduction='sum', negative_mode='paired')"
     assert repr(InfoNCE(symmetric=True, chunk_size=8)) == (

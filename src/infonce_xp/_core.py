@@ -54,9 +54,11 @@ def positive_mask(xp: Any, logits: Array, offset: Any, row0: Any, col0: Any) -> 
 
 def candidate_logits(xp: Any, scaled_anchor: Array, candidates: Array) -> Array:
     """Scaled similarities of each anchor row with the shared (M, D) or paired (N, M, D) candidates."""
+    # Operands share one dtype, so the @ operator is safe (and skips array-api-compat's promotion
+    # wrapper, which costs more than the product itself at small sizes).
     if candidates.ndim == 3:
-        return xp.matmul(candidates, scaled_anchor[:, :, None])[:, :, 0]
-    return xp.matmul(scaled_anchor, candidates.T)
+        return (candidates @ scaled_anchor[:, :, None])[:, :, 0]
+    return scaled_anchor @ candidates.T
 
 
 def row_losses(xp: Any, positive: Array, row_max: Array, others: Array) -> tuple[Array, Array]:
@@ -109,11 +111,11 @@ def backward(
     weight = grad_rows / partition
     grad_positive_logit = -(weight * others)
     if candidates.ndim == 3:
-        pulled = xp.matmul(exps[:, None, :], candidates)[:, 0, :]
+        pulled = (exps[:, None, :] @ candidates)[:, 0, :]
         grad_candidates = (exps * weight[:, None])[:, :, None] * scaled[:, None, :]
     else:
-        pulled = xp.matmul(exps, candidates)
-        grad_candidates = xp.matmul(exps.T, scaled * weight[:, None])
+        pulled = exps @ candidates
+        grad_candidates = exps.T @ (scaled * weight[:, None])
     return finish(
         xp, anchor, positive, scaled, scale, weight, grad_positive_logit, pulled, grad_candidates
     )
@@ -130,9 +132,13 @@ def finish(
     pulled: Array,
     grad_candidates: Array,
 ) -> tuple[Array, Array, Array, Array]:
-    """Assemble the gradients from ``pulled = sum_j exps_ij c_j`` (N, D)."""
+    """Assemble the gradients from ``pulled = sum_j exps_ij c_j`` (N, D).
+
+    The scale's gradient is None when the scale is a Python number (nothing to differentiate).
+    """
     grad_scaled = pulled * weight[:, None] + grad_positive_logit[:, None] * positive
-    grad_scale = xp.sum(anchor * grad_scaled)
+    # d/d(scale) of scale * <a, x> is <a, x>: the (N, D) product spares a pass over the logits.
+    grad_scale = xp.sum(anchor * grad_scaled) if not isinstance(scale, float) else None
     return (
         grad_scaled * scale,
         grad_positive_logit[:, None] * scaled,

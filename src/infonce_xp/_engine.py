@@ -87,7 +87,8 @@ def forward(
         units[name], norms[name] = _core.normalise(xp, x) if config.normalize else (x, None)
     scale = scale_of(xp, temperature, dtype)
     scan = scan or python_scan(xp)
-    rows, per_direction = None, []
+    rows: Any = None
+    per_direction = []
     for d in directions(config, ALL_KEYS in arrays or ALL_NEGATIVES in arrays):
         a, b, c = units[d.anchor], units[d.positive], units[d.candidates]
         where = offset if d.holds_positive else None
@@ -134,7 +135,8 @@ def backward(
             )
         for name, g in zip((d.anchor, d.positive, d.candidates), parts[:3]):
             grads[name] = g if name not in grads else grads[name] + g
-        grad_scale = parts[3] if grad_scale is None else grad_scale + parts[3]
+        if parts[3] is not None:
+            grad_scale = parts[3] if grad_scale is None else grad_scale + parts[3]
     out = {}
     for name, g in grads.items():
         norm = residuals.norms[name]

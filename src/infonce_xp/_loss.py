@@ -6,7 +6,14 @@ import math
 from typing import Any, NamedTuple
 
 from . import _engine
-from ._arrays import array_namespace, as_array, device, is_array_api_obj, is_jax_namespace, is_torch_namespace
+from ._arrays import (
+    array_namespace,
+    as_array,
+    device,
+    is_array_api_obj,
+    is_jax_namespace,
+    is_torch_namespace,
+)
 
 Array = Any
 
@@ -38,7 +45,9 @@ class Gradients(NamedTuple):
 
 def _describe(x: Any) -> str:
     if is_array_api_obj(x):
-        return f"{type(x).__module__}.{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+        return (
+            f"{type(x).__module__}.{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
     return f"{type(x).__name__} {x!r}"[:120]
 
 
@@ -94,7 +103,9 @@ def check(
         named["negative_keys"] = negative_keys
     for name, x in named.items():
         if not is_array_api_obj(x):
-            raise TypeError(f"{name} must be an array (NumPy, torch, JAX, CuPy, ...); got {_describe(x)}")
+            raise TypeError(
+                f"{name} must be an array (NumPy, torch, JAX, CuPy, ...); got {_describe(x)}"
+            )
     temperature_is_array = is_array_api_obj(temperature)
     check_options(temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather)
     if xp is None:
@@ -102,13 +113,21 @@ def check(
         try:
             xp = array_namespace(*everything)
         except TypeError as err:
-            kinds = ", ".join(f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in named.items())
-            raise TypeError(f"all arrays of one call must come from one array library; got {kinds}") from err
+            kinds = ", ".join(
+                f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in named.items()
+            )
+            raise TypeError(
+                f"all arrays of one call must come from one array library; got {kinds}"
+            ) from err
 
     for name, x in named.items():
         if not xp.isdtype(x.dtype, "real floating"):
             raise TypeError(f"{name} must have a real floating dtype; got {x.dtype}")
-    expected_ndim = {"query": 2, "positive_key": 2, "negative_keys": 3 if negative_mode == "paired" else 2}
+    expected_ndim = {
+        "query": 2,
+        "positive_key": 2,
+        "negative_keys": 3 if negative_mode == "paired" else 2,
+    }
     for name, x in named.items():
         if x.ndim != expected_ndim[name]:
             where = f" with negative_mode={negative_mode!r}" if name == "negative_keys" else ""
@@ -117,7 +136,9 @@ def check(
             )
     n, dim = query.shape
     if n == 0 or dim == 0:
-        raise ValueError(f"query must hold at least one row of at least one feature; got shape {(n, dim)}")
+        raise ValueError(
+            f"query must hold at least one row of at least one feature; got shape {(n, dim)}"
+        )
     if positive_key.shape[0] != n:
         raise ValueError(
             f"query and positive_key must have the same number of rows; got {n} and {positive_key.shape[0]}"
@@ -136,7 +157,9 @@ def check(
         if not xp.isdtype(temperature.dtype, "real floating"):
             raise TypeError(f"temperature must have a real floating dtype; got {temperature.dtype}")
         if temperature.ndim != 0:
-            raise ValueError(f"temperature must be a 0-D array; got shape {tuple(temperature.shape)}")
+            raise ValueError(
+                f"temperature must be a 0-D array; got shape {tuple(temperature.shape)}"
+            )
     devices = {name: device(x) for name, x in named.items()}
     known = {str(d) for d in devices.values() if d is not None}
     if len(known) > 1:
@@ -146,10 +169,7 @@ def check(
             "symmetric=True scores keys against queries in-batch, so it takes no negative_keys; "
             f"got negative_keys of shape {tuple(negative_keys.shape)}"
         )
-    if negative_keys is None:
-        mode = "in-batch"
-    else:
-        mode = negative_mode
+    mode = "in-batch" if negative_keys is None else negative_mode
     config = _engine.Config(mode, symmetric, normalize, chunk_size)
     out_dtype = xp.result_type(*named.values())
     return Call(xp, named, temperature, config, reduction, gather, out_dtype)
@@ -316,12 +336,15 @@ def info_nce_value_and_grad(
         symmetric, normalize, chunk_size, gather, xp,
     )  # fmt: skip
     xp = call.xp
-    n = call.arrays["query"].shape[0]
-    out_shape = (n,) if reduction == "none" else ()
+    n: int = call.arrays["query"].shape[0]
+    out_shape: tuple[int, ...] = (n,) if reduction == "none" else ()
+    grad_output_: Any = grad_output
     if grad_output is None:
-        grad_output = xp.ones(out_shape, dtype=call.out_dtype, device=device(query))
-    elif not is_array_api_obj(grad_output) or tuple(grad_output.shape) != out_shape:
-        raise ValueError(f"grad_output must be an array of shape {out_shape}; got {_describe(grad_output)}")
+        grad_output_ = xp.ones(out_shape, dtype=call.out_dtype, device=device(call.arrays["query"]))
+    elif not is_array_api_obj(grad_output_) or tuple(grad_output_.shape) != out_shape:
+        raise ValueError(
+            f"grad_output must be an array of shape {out_shape}; got {_describe(grad_output)}"
+        )
     if is_torch_namespace(xp):
         from . import torch as adapter
     elif is_jax_namespace(xp):
@@ -329,9 +352,9 @@ def info_nce_value_and_grad(
     else:
         adapter = None  # type: ignore[assignment]
     if adapter is not None:
-        loss, grads = adapter.value_and_grad(call, grad_output)
+        loss, grads = adapter.value_and_grad(call, grad_output_)
     else:
-        loss, grads = _value_and_grad(call, grad_output)
+        loss, grads = _value_and_grad(call, grad_output_)
     return loss, Gradients(
         grads["query"], grads["positive_key"], grads.get("negative_keys"), grads.get("temperature")
     )
@@ -392,7 +415,9 @@ Examples
 """
 
 
-_CLASS_PARAMETERS = "    temperature :" + _PARAMETERS.split("    temperature :")[1].split("    xp :")[0].rstrip()
+_CLASS_PARAMETERS = (
+    "    temperature :" + _PARAMETERS.split("    temperature :")[1].split("    xp :")[0].rstrip()
+)
 
 
 class InfoNCE:
@@ -428,7 +453,9 @@ True
         chunk_size: int | None = None,
         gather: Any = None,
     ) -> None:
-        check_options(temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather)
+        check_options(
+            temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather
+        )
         self.temperature = temperature
         self.reduction = reduction
         self.negative_mode = negative_mode

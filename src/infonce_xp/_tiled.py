@@ -39,7 +39,7 @@ def masked_logits(
     xp: Any, scaled: Array, keys: Array, row0: Any, col0: Any, n_keys: int, offset: Any
 ) -> Array:
     """One tile of logits, with padded keys (and in-batch positives) set to -inf."""
-    logits = xp.matmul(scaled, keys.T)
+    logits = scaled @ keys.T
     cols = xp.arange(keys.shape[0], device=device(keys)) + col0
     hidden = cols[None, :] >= n_keys
     if offset is not None:
@@ -82,7 +82,11 @@ def forward(
     _, (row_max, others) = scan(
         row_block,
         None,
-        (blocks(xp, scaled, chunk), blocks(xp, positive_logit, chunk), starts(xp, n, chunk, scaled)),
+        (
+            blocks(xp, scaled, chunk),
+            blocks(xp, positive_logit, chunk),
+            starts(xp, n, chunk, scaled),
+        ),
     )
     row_max, others = unblock(xp, row_max, n), unblock(xp, others, n)
     rows, partition = _core.row_losses(xp, positive_logit, row_max, others)
@@ -117,7 +121,7 @@ def backward(
         def key_block(pulled: Array, y: tuple[Array, ...]) -> Any:
             logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
             exps = xp.exp(logits - max_i[:, None])
-            return pulled + xp.matmul(exps, y[0]), (xp.matmul(exps.T, weighted_i),)
+            return pulled + exps @ y[0], (exps.T @ weighted_i,)
 
         zeros = xp.zeros((scaled_i.shape[0], dim), dtype=scaled.dtype, device=device(scaled))
         pulled, (grad_keys_i,) = scan(key_block, zeros, key_blocks)
@@ -156,11 +160,14 @@ def _paired_forward(
     xp: Any, anchor: Array, positive: Array, negatives: Array, scale: Any, chunk: int, scan: Scan
 ) -> tuple[Array, tuple[Array, ...]]:
     def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array]]:
-        rows, _ = _core.forward(xp, *x, scale, None)
+        a, b, c = x
+        rows, _ = _core.forward(xp, a, b, c, scale, None)
         return None, (rows,)
 
     n = anchor.shape[0]
-    _, (rows,) = scan(row_block, None, tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives)))
+    _, (rows,) = scan(
+        row_block, None, tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives))
+    )
     return unblock(xp, rows, n), ()
 
 
@@ -178,11 +185,11 @@ def _paired_backward(
         a, b, c, g = x
         _, residuals = _core.forward(xp, a, b, c, scale, None)
         da, db, dc, ds = _core.backward(xp, a, b, c, scale, residuals, g)
-        return grad_scale + ds, (da, db, dc)
+        return grad_scale if ds is None else grad_scale + ds, (da, db, dc)
 
     n = anchor.shape[0]
     xs = tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives, grad_rows))
     zero = xp.zeros((), dtype=anchor.dtype, device=device(anchor))
     grad_scale, grads = scan(row_block, zero, xs)
     da, db, dc = (unblock(xp, g, n) for g in grads)
-    return da, db, dc, grad_scale
+    return da, db, dc, None if isinstance(scale, float) else grad_scale

@@ -19,7 +19,9 @@ def _rows(static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], of
     return _rows_fwd(static, temperature, arrays, offset)[0]
 
 
-def _rows_fwd(static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], offset: Any) -> Any:
+def _rows_fwd(
+    static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], offset: Any
+) -> Any:
     config, names, fixed_temperature = static
     t = fixed_temperature if temperature is None else temperature
     xp = array_namespace(*arrays)
@@ -89,7 +91,7 @@ class AllGather:
 
     def scatter(self, grad: Any) -> Any:
         """The transpose of the gather: the summed gradient of this device's rows."""
-        return jax.lax.psum_scatter(grad, self.axis_name, scatter_dimension=0, tiled=True)
+        return jax.lax.psum_scatter(grad, self.axis_name, scatter_dimension=0, tiled=True)  # type: ignore[no-untyped-call]
 
     def _unbound(self) -> str:
         return (

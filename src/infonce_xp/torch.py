@@ -8,10 +8,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from . import _engine, _loss
-from ._arrays import array_namespace
 
 __all__ = ["AllGather", "InfoNCE", "all_gather"]
 
@@ -23,43 +21,74 @@ class _Rows(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, config: _engine.Config, offset: int, names: tuple[str, ...], temperature: Any, *tensors: torch.Tensor
+        ctx: Any,
+        xp: Any,
+        config: _engine.Config,
+        offset: int,
+        names: tuple[str, ...],
+        temperature: Any,
+        *tensors: torch.Tensor,
     ) -> torch.Tensor:
-        xp = array_namespace(*tensors)
-        rows, residuals = _engine.forward(xp, dict(zip(names, tensors)), temperature, config, offset)
-        leaves, ctx.spec = pytree.tree_flatten(residuals)
+        rows, residuals = _engine.forward(
+            xp, dict(zip(names, tensors)), temperature, config, offset
+        )
         learnable = isinstance(temperature, torch.Tensor)
+        leaves, ctx.lengths = _flatten(residuals)
         ctx.save_for_backward(*leaves, *([temperature] if learnable else []))
-        ctx.config, ctx.offset, ctx.names, ctx.learnable = config, offset, names, learnable
+        ctx.xp, ctx.config, ctx.offset, ctx.names = xp, config, offset, names
         ctx.temperature = None if learnable else temperature
-        return rows
+        return rows  # type: ignore[no-any-return]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_rows: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         saved = ctx.saved_tensors
-        temperature = saved[-1] if ctx.learnable else ctx.temperature
-        leaves = saved[:-1] if ctx.learnable else saved
-        residuals = pytree.tree_unflatten(list(leaves), ctx.spec)
-        xp = array_namespace(grad_rows)
-        grads = _engine.backward(xp, residuals, grad_rows, temperature, ctx.config, ctx.offset)
-        return (None, None, None, grads.get("temperature"), *(grads[n] for n in ctx.names))
+        learnable = ctx.temperature is None
+        temperature = saved[-1] if learnable else ctx.temperature
+        residuals = _unflatten(saved[:-1] if learnable else saved, ctx.names, ctx.lengths)
+        grads = _engine.backward(ctx.xp, residuals, grad_rows, temperature, ctx.config, ctx.offset)
+        return (None, None, None, None, grads.get("temperature"), *(grads[n] for n in ctx.names))
+
+
+def _flatten(residuals: _engine.Residuals) -> tuple[list[Any], list[int]]:
+    """The residuals as a flat list for ``save_for_backward`` (their dicts share one key order)."""
+    leaves = [*residuals.inputs.values(), *residuals.units.values(), *residuals.norms.values()]
+    for part in residuals.per_direction:
+        leaves.extend(part)
+    return leaves, [len(part) for part in residuals.per_direction]
+
+
+def _unflatten(leaves: Any, names: tuple[str, ...], lengths: list[int]) -> _engine.Residuals:
+    n = len(names)
+    inputs, units, norms = (dict(zip(names, leaves[i * n : (i + 1) * n])) for i in range(3))
+    per_direction, start = [], 3 * n
+    for length in lengths:
+        per_direction.append(tuple(leaves[start : start + length]))
+        start += length
+    return _engine.Residuals(inputs, units, norms, per_direction)
 
 
 def loss_rows(call: _loss.Call) -> torch.Tensor:
     """Per-query losses of a checked call, differentiable through torch autograd."""
     arrays, offset = _loss.gathered(call)
-    return _Rows.apply(call.config, offset, tuple(arrays), call.temperature, *arrays.values())
+    rows: torch.Tensor = _Rows.apply(  # type: ignore[no-untyped-call]
+        call.xp, call.config, offset, tuple(arrays), call.temperature, *arrays.values()
+    )
+    return rows
 
 
-def value_and_grad(call: _loss.Call, grad_output: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+def value_and_grad(
+    call: _loss.Call, grad_output: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """``info_nce_value_and_grad`` for torch tensors: autograd through ``loss_rows``."""
     with torch.enable_grad():
         inputs = {name: x.detach().requires_grad_() for name, x in call.arrays.items()}
         temperature = call.temperature
         if isinstance(temperature, torch.Tensor):
             inputs["temperature"] = temperature = temperature.detach().requires_grad_()
-        call = call._replace(arrays={k: v for k, v in inputs.items() if k != "temperature"}, temperature=temperature)
+        call = call._replace(
+            arrays={k: v for k, v in inputs.items() if k != "temperature"}, temperature=temperature
+        )
         loss = _loss.reduce(call, loss_rows(call))
         grads = torch.autograd.grad(loss, list(inputs.values()), grad_output)
     return loss.detach(), dict(zip(inputs, grads))
@@ -111,7 +140,9 @@ class InfoNCE(nn.Module):
         learn_temperature: bool = False,
     ) -> None:
         super().__init__()
-        _loss.check_options(temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather)
+        _loss.check_options(
+            temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather
+        )
         self.reduction = reduction
         self.negative_mode = negative_mode
         self.symmetric = symmetric
@@ -143,19 +174,24 @@ class InfoNCE(nn.Module):
         self._temperature = value
 
     def forward(
-        self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None
+        self,
+        query: torch.Tensor,
+        positive_key: torch.Tensor,
+        negative_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        options = _loss.options(self)
-        temperature = options["temperature"]
-        if isinstance(temperature, torch.Tensor) and temperature.dtype != query.dtype:
-            options["temperature"] = temperature.to(query.dtype)
-        return _loss.info_nce(query, positive_key, negative_keys, **options)
+        loss: torch.Tensor = _loss.info_nce(
+            query, positive_key, negative_keys, **_loss.options(self)
+        )
+        return loss
 
     def extra_repr(self) -> str:
         if not self.learn_temperature:
             return _loss.describe_options(self)
         current = float(self.temperature.detach())
-        return _loss.describe_options(self, temperature=float(f"{current:.4g}")) + ", learn_temperature=True"
+        return (
+            _loss.describe_options(self, temperature=float(f"{current:.4g}"))
+            + ", learn_temperature=True"
+        )
 
 
 class _AllGatherFunction(torch.autograd.Function):
@@ -215,7 +251,8 @@ class AllGather:
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         self._check()
-        return _AllGatherFunction.apply(tensor, self.group)
+        gathered: torch.Tensor = _AllGatherFunction.apply(tensor, self.group)  # type: ignore[no-untyped-call]
+        return gathered
 
     def rank(self) -> int:
         """This worker's block index in the gathered tensor."""
