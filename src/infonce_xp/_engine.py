@@ -64,7 +64,7 @@ def scale_of(xp: Any, temperature: Any, dtype: Any) -> Any:
     """The inverse temperature: a Python float, or a 0-D array of the compute dtype."""
     if isinstance(temperature, (int, float)):
         return 1.0 / temperature
-    return 1.0 / xp.astype(temperature, dtype)
+    return as_array(xp, 1.0 / xp.astype(temperature, dtype))
 
 
 def forward(
