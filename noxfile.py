@@ -8,10 +8,10 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = [
-    "tests(backend='numpy')",
-    "tests(backend='array_api_strict')",
-    "tests(backend='torch')",
-    "tests(backend='jax')",
+    "tests(numpy)",
+    "tests(array_api_strict)",
+    "tests(torch)",
+    "tests(jax)",
     "lint",
     "typecheck",
     "docs",
