@@ -34,7 +34,9 @@ def load(directory: Path) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarr
     return cases, inputs
 
 
-def local_block(case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, rank: int, world: int) -> dict[str, np.ndarray]:
+def local_block(
+    case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, rank: int, world: int
+) -> dict[str, np.ndarray]:
     """This worker's rows: of the queries, their keys and paired negatives, and of unpaired negatives."""
     out = {}
     for key in (*INPUTS, "grad_output"):
@@ -67,16 +69,26 @@ def torch_case(case: dict[str, Any], block: dict[str, np.ndarray]) -> dict[str, 
     import infonce_xp.torch as it
 
     tensors = {k: torch.tensor(block[k], requires_grad=True) for k in INPUTS if k in block}
-    grad_output = torch.tensor(block["grad_output"]) if "grad_output" in block else torch.tensor(1.0, dtype=torch.float64)
+    grad_output = (
+        torch.tensor(block["grad_output"])
+        if "grad_output" in block
+        else torch.tensor(1.0, dtype=torch.float64)
+    )
     t = float(block["temperature"])
-    temperature: Any = torch.tensor(t, dtype=torch.float64, requires_grad=True) if case["learn"] else t
+    temperature: Any = (
+        torch.tensor(t, dtype=torch.float64, requires_grad=True) if case["learn"] else t
+    )
     args = [tensors[k] for k in INPUTS if k in tensors]
     opts = options(case)
     api = case["api"]
     out: dict[str, np.ndarray] = {}
     if api == "value_and_grad":
         loss, grads = infonce_xp.info_nce_value_and_grad(
-            *(a.detach() for a in args), temperature=temperature, **opts, grad_output=grad_output, gather=it.all_gather
+            *(a.detach() for a in args),
+            temperature=temperature,
+            **opts,
+            grad_output=grad_output,
+            gather=it.all_gather,
         )
         for k in INPUTS:
             if getattr(grads, k) is not None:
@@ -135,13 +147,16 @@ def torch_worker(rank: int, world: int, port: int, directory: str) -> None:
     try:
         cases, inputs = load(Path(directory))
         results = {"rank": np.asarray(it.all_gather.rank())}
+        errors = torch_errors(rank)
         for name, case in cases.items():
             if case["world"] != world or "torch" not in case["backends"]:
                 continue
             block = local_block(case, inputs, name, rank, world)
-            for key, value in torch_case(case, block).items():
-                results[f"{name}/{key}"] = value
-        errors = torch_errors(rank)
+            try:  # a failure is the same on every rank, so the ranks stay in step
+                for key, value in torch_case(case, block).items():
+                    results[f"{name}/{key}"] = value
+            except Exception:
+                errors[name] = traceback.format_exc(limit=-4)
         np.savez(Path(directory) / f"torch-{world}-rank{rank}.npz", **results)
         (Path(directory) / f"torch-{world}-rank{rank}-errors.json").write_text(json.dumps(errors))
     finally:
@@ -162,13 +177,17 @@ def shard_map(f: Any, mesh: Any, in_specs: Any, out_specs: Any, check_vma: bool)
     import jax
 
     if hasattr(jax, "shard_map"):
-        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma)
+        return jax.shard_map(
+            f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma
+        )
     from jax.experimental.shard_map import shard_map as legacy
 
     return legacy(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check_vma)
 
 
-def jax_case(case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, world: int, pattern: str) -> dict[str, np.ndarray]:
+def jax_case(
+    case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, world: int, pattern: str
+) -> dict[str, np.ndarray]:
     """Per-device losses and gradients, concatenated over ``world`` devices.
 
     Patterns: ``reduced`` differentiates the mean (or, for ``reduction="none"``, the sum) of
@@ -213,9 +232,9 @@ def jax_case(case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, wor
                 *args, temperature=t if temperature is None else temperature, **opts,
                 grad_output=grad_output if none else grad_output[0], gather=gather,
             )  # fmt: skip
-            grads = [getattr(g, k) for k in names] + ([] if temperature is None else [g.temperature])
+            grads = [getattr(g, k) for k in names]
             if temperature is not None:
-                grads = [grads[-1], *grads[:-1]]
+                grads.insert(0, g.temperature)
         else:
             (_, loss), grads = jax.value_and_grad(objective, argnums=argnums, has_aux=True)(
                 grad_output, temperature, *args
@@ -226,18 +245,29 @@ def jax_case(case: dict[str, Any], inputs: dict[str, np.ndarray], name: str, wor
         return (loss if none else loss[None], *grads)
 
     specs_in: tuple[Any, ...] = (P("batch"), P(), *(P("batch") for _ in arrays))
-    specs_out: tuple[Any, ...] = (P("batch"), *([P()] if temperature is not None else []), *(P("batch") for _ in arrays))
+    specs_out: tuple[Any, ...] = (
+        P("batch"),
+        *([P()] if temperature is not None else []),
+        *(P("batch") for _ in arrays),
+    )
     if pattern == "pmap":
+
         def split(x: Any) -> Any:
             return x.reshape(world, -1, *x.shape[1:])
 
         def unsplit(x: Any) -> Any:
             return x.reshape(-1, *x.shape[2:])
 
-        mapped = jax.pmap(body, axis_name="batch", in_axes=(0, None, *(0 for _ in arrays)), devices=jax.devices()[:world])
+        mapped = jax.pmap(
+            body,
+            axis_name="batch",
+            in_axes=(0, None, *(0 for _ in arrays)),
+            devices=jax.devices()[:world],
+        )
         outs = list(mapped(split(grad_output), temperature, *(split(a) for a in arrays)))
         outs = [unsplit(outs[0])] + [
-            o[0] if (temperature is not None and i == 0) else unsplit(o) for i, o in enumerate(outs[1:])
+            o[0] if (temperature is not None and i == 0) else unsplit(o)
+            for i, o in enumerate(outs[1:])
         ]
     else:
         mesh = Mesh(np.asarray(jax.devices()[:world]), ("batch",))
@@ -260,6 +290,8 @@ def run_jax(directory: str) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    # Some 50 tiny programs are compiled: XLA's optimisation passes would take most of the time.
+    jax.config.update("jax_disable_most_optimizations", True)
     cases, inputs = load(Path(directory))
     errors: dict[str, str] = {}
     results: dict[str, np.ndarray] = {}

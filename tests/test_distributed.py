@@ -75,21 +75,27 @@ CASES = {
     "in-batch": case(jax=("reduced", "local", "local-novma", "pmap")),
     "in-batch-none": case(reduction="none", jax=("reduced", "local")),
     "in-batch-sum": case(reduction="sum", learn=True),
-    "unpaired": case("unpaired"),
-    "paired": case("paired"),
+    "unpaired": case("unpaired", jax=()),  # JAX: see the learned variants
+    "paired": case("paired", jax=()),
     "symmetric": case(symmetric=True, jax=("reduced", "pmap")),
     "learned": case(learn=True, jax=("reduced", "local", "local-novma", "pmap")),
     "unpaired-learned": case("unpaired", learn=True),
     "paired-learned": case("paired", learn=True),
     "symmetric-learned": case(symmetric=True, learn=True, jax=("reduced", "local-novma")),
     "chunked": case(chunk_size=3, learn=True),
-    "chunked-symmetric": case(symmetric=True, chunk_size=3, learn=True, jax=("reduced", "local-novma")),
+    "chunked-symmetric": case(
+        symmetric=True, chunk_size=3, learn=True, jax=("reduced", "local-novma")
+    ),
     "chunked-unpaired": case("unpaired", chunk_size=2, learn=True),
     "chunked-paired": case("paired", chunk_size=2, learn=True),
     "chunked-none": case(symmetric=True, chunk_size=3, reduction="none", learn=True),
     "class": case(symmetric=True, learn=True, api="class"),
-    "value-and-grad": case("unpaired", learn=True, api="value_and_grad", jax=("local", "local-novma")),
-    "value-and-grad-symmetric": case(symmetric=True, chunk_size=3, api="value_and_grad", jax=("local",)),
+    "value-and-grad": case(
+        "unpaired", learn=True, api="value_and_grad", jax=("local", "local-novma")
+    ),
+    "value-and-grad-symmetric": case(
+        symmetric=True, chunk_size=3, api="value_and_grad", jax=("local",)
+    ),
     "module": case(symmetric=True, api="module", jax=()),
 }
 TORCH_CASES = [name for name, c in CASES.items() if c["torch"]]
@@ -115,11 +121,13 @@ def make_inputs() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             cases[key(world, name)] = {**c, "world": world, "backends": backends}
             inputs[f"{key(world, name)}/query"] = rng.normal(size=(n, DIM))
             # keys correlated with their queries, so that the loss is not flat
-            inputs[f"{key(world, name)}/positive_key"] = (
-                inputs[f"{key(world, name)}/query"] + 0.5 * rng.normal(size=(n, DIM))
-            )
+            inputs[f"{key(world, name)}/positive_key"] = inputs[
+                f"{key(world, name)}/query"
+            ] + 0.5 * rng.normal(size=(n, DIM))
             if c["negatives"] == "unpaired":
-                inputs[f"{key(world, name)}/negative_keys"] = rng.normal(size=(world * UNPAIRED, DIM))
+                inputs[f"{key(world, name)}/negative_keys"] = rng.normal(
+                    size=(world * UNPAIRED, DIM)
+                )
             elif c["negatives"] == "paired":
                 inputs[f"{key(world, name)}/negative_keys"] = rng.normal(size=(n, PAIRED, DIM))
             if c["reduction"] == "none":
@@ -133,7 +141,11 @@ def reference(c: dict[str, Any], inputs: dict[str, np.ndarray], k: str) -> dict[
     import torch
     from info_nce import info_nce as seed
 
-    tensors = {n: torch.tensor(inputs[f"{k}/{n}"], requires_grad=True) for n in INPUTS if f"{k}/{n}" in inputs}
+    tensors = {
+        n: torch.tensor(inputs[f"{k}/{n}"], requires_grad=True)
+        for n in INPUTS
+        if f"{k}/{n}" in inputs
+    }
     leaf = None
     temperature: Any = TEMPERATURE
     if c["api"] == "module":
@@ -153,11 +165,15 @@ def reference(c: dict[str, Any], inputs: dict[str, np.ndarray], k: str) -> dict[
     out = {"loss": loss.detach().numpy()}
     out.update({n: t.grad.numpy() for n, t in tensors.items()})
     if leaf is not None:
-        out["log_inverse_temperature" if c["api"] == "module" else "temperature"] = leaf.grad.numpy()
+        out["log_inverse_temperature" if c["api"] == "module" else "temperature"] = (
+            leaf.grad.numpy()
+        )
     return out
 
 
-def compare(c: dict[str, Any], world: int, got: dict[str, Any], want: dict[str, np.ndarray], scale: float) -> None:
+def compare(
+    c: dict[str, Any], world: int, got: dict[str, Any], want: dict[str, np.ndarray], scale: float
+) -> None:
     """``got``: the workers' losses (stacked or concatenated), the concatenated input gradients and
     the summed temperature gradient; ``scale``: what the gradients are divided by."""
     tol = {"rtol": 1e-9, "atol": 1e-11}
@@ -166,13 +182,17 @@ def compare(c: dict[str, Any], world: int, got: dict[str, Any], want: dict[str, 
     for name, expected in want.items():
         if name != "loss":
             assert name in got, f"no gradient for {name}"
-            np.testing.assert_allclose(got[name] / scale, expected, **tol, err_msg=f"gradient of {name}")
+            np.testing.assert_allclose(
+                got[name] / scale, expected, **tol, err_msg=f"gradient of {name}"
+            )
 
 
 def selected(request: pytest.FixtureRequest, backend: str) -> None:
     chosen = request.config.getoption("--backend")
     if chosen not in ("all", backend):
-        pytest.skip(f"distributed {backend} tests run with --backend={backend} or all, not {chosen}")
+        pytest.skip(
+            f"distributed {backend} tests run with --backend={backend} or all, not {chosen}"
+        )
 
 
 def free_port() -> int:
@@ -184,7 +204,9 @@ def free_port() -> int:
 def run_python(args: list[str], timeout: float, **env: str) -> str:
     """Run ``python ARGS`` in a new session; kill the whole session on timeout, fail on error."""
     environ = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    environ["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     proc = subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.PIPE,
@@ -208,7 +230,9 @@ def run_python(args: list[str], timeout: float, **env: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], dict[str, np.ndarray]]:
+def workdir(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, Any], dict[str, np.ndarray]]:
     directory = tmp_path_factory.mktemp("distributed")
     cases, inputs = make_inputs()
     (directory / "cases.json").write_text(json.dumps(cases))
@@ -229,16 +253,22 @@ def needs_torch_distributed(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="module", params=TORCH_WORLDS, ids=lambda w: f"{w}procs")
-def torch_run(request: pytest.FixtureRequest, workdir: Any) -> tuple[int, list[dict[str, Any]], list[dict[str, str]]]:
+def torch_run(
+    request: pytest.FixtureRequest, workdir: Any
+) -> tuple[int, list[dict[str, Any]], list[dict[str, str]]]:
     """Spawn W gloo processes once per world size; their per-rank results and errors."""
     needs_torch_distributed(request)
     world = request.param
     directory = workdir[0]
     for attempt in range(2):
         try:
-            run_python([str(WORKER), "torch", str(world), str(free_port()), str(directory)], timeout=150)
+            run_python(
+                [str(WORKER), "torch", str(world), str(free_port()), str(directory)], timeout=150
+            )
             break
-        except pytest.fail.Exception as err:  # a port taken between free_port() and bind: retry once
+        except (
+            pytest.fail.Exception
+        ) as err:  # a port taken between free_port() and bind: retry once
             if attempt or "address already in use" not in str(err).lower():
                 raise
     ranks, errors = [], []
@@ -252,11 +282,21 @@ def torch_run(request: pytest.FixtureRequest, workdir: Any) -> tuple[int, list[d
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TORCH_CASES)
 def test_torch_matches_single_process(torch_run: Any, workdir: Any, name: str) -> None:
-    world, ranks, _ = torch_run
+    world, ranks, errors = torch_run
     _, cases, inputs = workdir
     c, k = cases[key(world, name)], key(world, name)
+    failures = [f"rank {rank}:\n{e[k]}" for rank, e in enumerate(errors) if k in e]
+    if failures:
+        pytest.fail(f"torch worker failed for {k}:\n" + "\n".join(failures))
     want = reference(c, inputs, k)
-    per_rank = [{f: r[f"{k}/{f}"] for f in (*INPUTS, "loss", "temperature", "log_inverse_temperature") if f"{k}/{f}" in r} for r in ranks]
+    per_rank = [
+        {
+            f: r[f"{k}/{f}"]
+            for f in (*INPUTS, "loss", "temperature", "log_inverse_temperature")
+            if f"{k}/{f}" in r
+        }
+        for r in ranks
+    ]
     scale = world if c["reduction"] == "mean" else 1
     got: dict[str, Any] = {}
     for field in per_rank[0]:
@@ -318,7 +358,9 @@ def test_gather_needs_rank() -> None:
 
 
 @pytest.fixture(scope="module")
-def jax_run(request: pytest.FixtureRequest, workdir: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def jax_run(
+    request: pytest.FixtureRequest, workdir: Any
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     selected(request, "jax")
     pytest.importorskip("jax")
     directory = workdir[0]
@@ -336,7 +378,9 @@ def jax_run(request: pytest.FixtureRequest, workdir: Any) -> tuple[dict[str, np.
 @pytest.mark.slow
 @pytest.mark.parametrize("world", JAX_WORLDS, ids=lambda w: f"{w}devices")
 @pytest.mark.parametrize(("name", "pattern"), JAX_CASES, ids=[f"{n}-{p}" for n, p in JAX_CASES])
-def test_jax_matches_single_process(jax_run: Any, workdir: Any, world: int, name: str, pattern: str) -> None:
+def test_jax_matches_single_process(
+    jax_run: Any, workdir: Any, world: int, name: str, pattern: str
+) -> None:
     """``reduced``: grad of the devices' mean loss under shard_map(check_vma=True) is the
     single-process gradient; ``local*``/``pmap``: grad of each device's own loss is W times it."""
     results, errors = jax_run
@@ -345,7 +389,11 @@ def test_jax_matches_single_process(jax_run: Any, workdir: Any, world: int, name
     prefix = f"{k}/{pattern}"
     if prefix in errors:
         pytest.fail(f"JAX worker failed for {prefix}:\n{errors[prefix]}")
-    got = {f: results[f"{prefix}/{f}"] for f in (*INPUTS, "loss", "temperature") if f"{prefix}/{f}" in results}
+    got = {
+        f: results[f"{prefix}/{f}"]
+        for f in (*INPUTS, "loss", "temperature")
+        if f"{prefix}/{f}" in results
+    }
     scale = world if (pattern in LOCAL and c["reduction"] == "mean") else 1
     compare(c, world, got, reference(c, inputs, k), scale)
 

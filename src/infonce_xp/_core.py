@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._arrays import device, is_jax_namespace
+from ._arrays import device, is_jax_namespace, is_torch_namespace
 
 Array = Any
 EPS = 1e-12  # torch.nn.functional.normalize's eps: a zero row becomes a zero vector, scoring 0
@@ -52,6 +52,15 @@ def positive_mask(xp: Any, logits: Array, offset: Any, row0: Any, col0: Any) -> 
     return cols[None, :] == rows[:, None]
 
 
+def shifted_exp(xp: Any, logits: Array, row_max: Array) -> Array:
+    """``exp(logits - row_max[:, None])``; may overwrite ``logits``, which must be our own."""
+    if is_torch_namespace(xp):
+        # In place: the (N, M) matrix is allocated once instead of three times (torch only; the
+        # standard has no in-place functions, and JAX fuses this anyway).
+        return logits.sub_(row_max[:, None]).exp_()
+    return xp.exp(logits - row_max[:, None])
+
+
 def candidate_logits(xp: Any, scaled_anchor: Array, candidates: Array) -> Array:
     """Scaled similarities of each anchor row with the shared (M, D) or paired (N, M, D) candidates."""
     # Operands share one dtype, so the @ operator is safe (and skips array-api-compat's promotion
@@ -84,8 +93,7 @@ def forward(
     row_max = positive_logit
     if logits.shape[-1] > 0:
         row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
-    exps = xp.exp(logits - row_max[:, None])
-    del logits
+    exps = shifted_exp(xp, logits, row_max)
     if offset is not None:
         exps = drop_positive(xp, exps, offset)
     others = xp.sum(exps, axis=-1)

@@ -73,7 +73,7 @@ def forward(
             logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
             new_max = xp.maximum(row_max, xp.max(logits, axis=-1))
             others = others * xp.exp(row_max - new_max)
-            others = others + xp.sum(xp.exp(logits - new_max[:, None]), axis=-1)
+            others = others + xp.sum(_core.shifted_exp(xp, logits, new_max), axis=-1)
             return (new_max, others), None
 
         stats, _ = scan(key_block, (positive_i, xp.zeros_like(positive_i)), key_blocks)
@@ -120,7 +120,7 @@ def backward(
 
         def key_block(pulled: Array, y: tuple[Array, ...]) -> Any:
             logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
-            exps = xp.exp(logits - max_i[:, None])
+            exps = _core.shifted_exp(xp, logits, max_i)
             return pulled + exps @ y[0], (exps.T @ weighted_i,)
 
         zeros = xp.zeros((scaled_i.shape[0], dim), dtype=scaled.dtype, device=device(scaled))
