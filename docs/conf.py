@@ -1,0 +1,52 @@
+"""Sphinx configuration: furo, MyST pages, numpydoc API, figures drawn at build time."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT / "src"))  # document this checkout, installed or not
+sys.path.insert(0, str(DOCS))
+
+import figures  # noqa: E402
+import loss_graph  # noqa: E402
+
+import infonce_xp  # noqa: E402
+
+project = "infonce_xp"
+author = "infonce_xp developers"
+copyright = "infonce_xp developers"
+version = release = infonce_xp.__version__
+
+extensions = [
+    "myst_parser",
+    "numpydoc",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+]
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
+
+myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath", "deflist"]
+myst_heading_anchors = 3
+
+autodoc_typehints = "none"  # numpydoc's Parameters sections say it better
+autodoc_member_order = "bysource"
+autosummary_generate = False
+numpydoc_show_class_members = False
+numpydoc_xref_param_type = False
+
+html_theme = "furo"
+html_title = f"infonce_xp {release}"
+pygments_style = "friendly"
+pygments_dark_style = "monokai"
+
+# Figures: drawn from the code on every build, so they always show the current implementation.
+GENERATED = DOCS / "_generated"
+GENERATED.mkdir(exist_ok=True)
+figures.main(GENERATED / "negatives.png")
+loss_graph.main(GENERATED / "loss_graph.png")
