@@ -216,8 +216,8 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
         arrays[_engine.ALL_KEYS] = call.gather(arrays["positive_key"])
         if call.config.symmetric:
             arrays[_engine.ALL_QUERIES] = call.gather(arrays["query"])
-    elif mode == "unpaired":
-        arrays[_engine.ALL_NEGATIVES] = call.gather(arrays["negative_keys"])
+    elif mode == "unpaired":  # the local negatives are used only through the gathered ones
+        arrays[_engine.ALL_NEGATIVES] = call.gather(arrays.pop("negative_keys"))
     return arrays, rank() * n
 
 
@@ -377,7 +377,8 @@ def _value_and_grad(call: Call, grad_output: Array) -> tuple[Array, dict[str, Ar
         (_engine.ALL_NEGATIVES, "negative_keys"),
     ):
         if name in grads:
-            grads[local] = grads[local] + call.gather.scatter(grads.pop(name))
+            mine = call.gather.scatter(grads.pop(name))
+            grads[local] = mine if local not in grads else grads[local] + mine
     return reduce(call, rows), grads
 
 

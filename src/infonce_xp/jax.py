@@ -22,20 +22,20 @@ def _rows(static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], of
 def _rows_fwd(
     static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], offset: Any
 ) -> Any:
-    config, names, fixed_temperature = static
+    config, names, fixed_temperature, scan = static
     t = fixed_temperature if temperature is None else temperature
     xp = array_namespace(*arrays)
-    rows, residuals = _engine.forward(xp, dict(zip(names, arrays)), t, config, offset, jax.lax.scan)
+    rows, residuals = _engine.forward(xp, dict(zip(names, arrays)), t, config, offset, scan)
     return rows, (residuals, temperature, offset)
 
 
 def _rows_bwd(static: tuple[Any, ...], saved: Any, grad_rows: Any) -> Any:
-    config, names, fixed_temperature = static
+    config, names, fixed_temperature, scan = static
     residuals, temperature, offset = saved
     t = fixed_temperature if temperature is None else temperature
     xp = array_namespace(grad_rows)
-    grads = _engine.backward(xp, residuals, grad_rows, t, config, offset, jax.lax.scan)
-    return grads.get("temperature"), tuple(grads[n] for n in names), None
+    grads = _engine.backward(xp, residuals, grad_rows, t, config, offset, scan)
+    return grads.get("temperature"), tuple(grads.get(n) for n in names), None
 
 
 _rows.defvjp(_rows_fwd, _rows_bwd)
@@ -45,9 +45,16 @@ def loss_rows(call: _loss.Call) -> Any:
     """Per-query losses of a checked call, differentiable by ``jax.grad`` (and jit, vmap)."""
     arrays, offset = _loss.gathered(call)
     temperature = call.temperature
+    if isinstance(call.gather, AllGather):
+        # A replicated input (the temperature, say) must enter the custom_vjp as varying over the
+        # axis, so that JAX sums its per-device cotangents (pcast's transpose is a psum).
+        arrays = {name: call.gather.vary(x) for name, x in arrays.items()}
+        if not isinstance(temperature, (int, float)):
+            temperature = call.gather.vary(temperature)
     fixed = temperature if isinstance(temperature, (int, float)) else None
     learnable = None if fixed is not None else temperature
-    static = (call.config, tuple(arrays), fixed)
+    scan = call.gather.scan if isinstance(call.gather, AllGather) else jax.lax.scan
+    static = (call.config, tuple(arrays), fixed, scan)
     return _rows(static, learnable, tuple(arrays.values()), offset)
 
 
@@ -92,6 +99,20 @@ class AllGather:
     def scatter(self, grad: Any) -> Any:
         """The transpose of the gather: the summed gradient of this device's rows."""
         return jax.lax.psum_scatter(grad, self.axis_name, scatter_dimension=0, tiled=True)  # type: ignore[no-untyped-call]
+
+    def vary(self, x: Any) -> Any:
+        """``x`` typed as varying over the axis, as ``shard_map(check_vma=True)`` wants the
+        inputs and loop carries of a per-device computation to be."""
+        aval = jax.typeof(x)
+        manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; before: aval.vma
+        varying = manual.varying if manual is not None else getattr(aval, "vma", None)
+        if varying is None or self.axis_name in varying:
+            return x
+        return jax.lax.pcast(x, self.axis_name, to="varying")
+
+    def scan(self, body: Any, carry: Any, xs: Any) -> Any:
+        """``jax.lax.scan`` with its initial carry made varying (see :meth:`vary`)."""
+        return jax.lax.scan(body, jax.tree.map(self.vary, carry), xs)
 
     def _unbound(self) -> str:
         return (
