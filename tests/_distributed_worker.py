@@ -159,6 +159,7 @@ def torch_worker(rank: int, world: int, port: int, directory: str) -> None:
                 errors[name] = traceback.format_exc(limit=-4)
         np.savez(Path(directory) / f"torch-{world}-rank{rank}.npz", **results)
         (Path(directory) / f"torch-{world}-rank{rank}-errors.json").write_text(json.dumps(errors))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

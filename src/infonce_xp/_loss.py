@@ -109,12 +109,12 @@ def check(
     temperature_is_array = is_array_api_obj(temperature)
     check_options(temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather)
     if xp is None:
-        everything = list(named.values()) + ([temperature] if temperature_is_array else [])
+        everything = named | ({"temperature": temperature} if temperature_is_array else {})
         try:
-            xp = array_namespace(*everything)
+            xp = array_namespace(*everything.values())
         except TypeError as err:
             kinds = ", ".join(
-                f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in named.items()
+                f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in everything.items()
             )
             raise TypeError(
                 f"all arrays of one call must come from one array library; got {kinds}"
@@ -161,6 +161,8 @@ def check(
                 f"temperature must be a 0-D array; got shape {tuple(temperature.shape)}"
             )
     devices = {name: device(x) for name, x in named.items()}
+    if temperature_is_array:
+        devices["temperature"] = device(temperature)
     known = {str(d) for d in devices.values() if d is not None}
     if len(known) > 1:
         raise ValueError(f"all arrays of one call must be on one device; got {devices}")

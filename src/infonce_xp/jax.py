@@ -45,17 +45,38 @@ def loss_rows(call: _loss.Call) -> Any:
     """Per-query losses of a checked call, differentiable by ``jax.grad`` (and jit, vmap)."""
     arrays, offset = _loss.gathered(call)
     temperature = call.temperature
-    if isinstance(call.gather, AllGather):
-        # A replicated input (the temperature, say) must enter the custom_vjp as varying over the
-        # axis, so that JAX sums its per-device cotangents (pcast's transpose is a psum).
-        arrays = {name: call.gather.vary(x) for name, x in arrays.items()}
-        if not isinstance(temperature, (int, float)):
-            temperature = call.gather.vary(temperature)
     fixed = temperature if isinstance(temperature, (int, float)) else None
-    learnable = None if fixed is not None else temperature
-    scan = call.gather.scan if isinstance(call.gather, AllGather) else jax.lax.scan
-    static = (call.config, tuple(arrays), fixed, scan)
+    # Inside shard_map(check_vma=True), a replicated input (the temperature, say) must enter the
+    # custom_vjp typed as varying over the mapped axes, so that JAX sums its per-device
+    # cotangents (the transpose of pcast is a psum); loop carries must be typed alike.
+    inputs = list(arrays.values()) + ([] if fixed is not None else [temperature])
+    axes = frozenset().union(*(_varying_axes(x) for x in inputs))
+    arrays = {name: _vary(x, axes) for name, x in arrays.items()}
+    learnable = None if fixed is not None else _vary(temperature, axes)
+    static = (call.config, tuple(arrays), fixed, _Scan(axes))
     return _rows(static, learnable, tuple(arrays.values()), offset)
+
+
+def _varying_axes(x: Any) -> frozenset[Any]:
+    """The mapped axes over which ``x`` varies (empty outside shard_map)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; before it, aval.vma
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _vary(x: Any, axes: frozenset[Any]) -> Any:
+    missing = tuple(sorted(axes - _varying_axes(x), key=str))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """``jax.lax.scan`` whose initial carry varies over ``axes`` like the loop body's output."""
+
+    axes: frozenset[Any]
+
+    def __call__(self, body: Any, carry: Any, xs: Any) -> Any:
+        return jax.lax.scan(body, jax.tree.map(lambda c: _vary(c, self.axes), carry), xs)
 
 
 def value_and_grad(call: _loss.Call, grad_output: Any) -> tuple[Any, dict[str, Any]]:
@@ -99,20 +120,6 @@ class AllGather:
     def scatter(self, grad: Any) -> Any:
         """The transpose of the gather: the summed gradient of this device's rows."""
         return jax.lax.psum_scatter(grad, self.axis_name, scatter_dimension=0, tiled=True)  # type: ignore[no-untyped-call]
-
-    def vary(self, x: Any) -> Any:
-        """``x`` typed as varying over the axis, as ``shard_map(check_vma=True)`` wants the
-        inputs and loop carries of a per-device computation to be."""
-        aval = jax.typeof(x)
-        manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; before: aval.vma
-        varying = manual.varying if manual is not None else getattr(aval, "vma", None)
-        if varying is None or self.axis_name in varying:
-            return x
-        return jax.lax.pcast(x, self.axis_name, to="varying")
-
-    def scan(self, body: Any, carry: Any, xs: Any) -> Any:
-        """``jax.lax.scan`` with its initial carry made varying (see :meth:`vary`)."""
-        return jax.lax.scan(body, jax.tree.map(self.vary, carry), xs)
 
     def _unbound(self) -> str:
         return (
