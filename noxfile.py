@@ -26,7 +26,7 @@ BACKEND_PACKAGES = {
     "numpy": [],
     "array_api_strict": [],
     "torch": [],
-    "jax": [JAX],
+    "jax": [JAX, "optax"],
     "cupy": [os.environ.get("INFONCE_CUPY", "cupy-cuda12x")],
     "torch-cuda": [],
     "jax-gpu": [os.environ.get("INFONCE_JAX_GPU", "jax[cuda12]")],
