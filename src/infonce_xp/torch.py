@@ -47,7 +47,14 @@ class _Rows(torch.autograd.Function):
         temperature = saved[-1] if learnable else ctx.temperature
         residuals = _unflatten(saved[:-1] if learnable else saved, ctx.names, ctx.lengths)
         grads = _engine.backward(ctx.xp, residuals, grad_rows, temperature, ctx.config, ctx.offset)
-        return (None, None, None, None, grads.get("temperature"), *(grads.get(n) for n in ctx.names))
+        return (
+            None,
+            None,
+            None,
+            None,
+            grads.get("temperature"),
+            *(grads.get(n) for n in ctx.names),
+        )
 
 
 def _flatten(residuals: _engine.Residuals) -> tuple[list[Any], list[int]]:
