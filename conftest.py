@@ -4,5 +4,7 @@ import importlib.util
 
 collect_ignore = ["noxfile.py", "docs", "benchmarks", "examples"]
 collect_ignore += [
-    f"src/infonce_xp/{name}.py" for name in ("torch", "jax") if importlib.util.find_spec(name) is None
+    f"src/infonce_xp/{name}.py"
+    for name in ("torch", "jax")
+    if importlib.util.find_spec(name) is None
 ]
