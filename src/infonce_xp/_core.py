@@ -98,7 +98,7 @@ def forward(
         exps = drop_positive(xp, exps, offset)
     others = xp.sum(exps, axis=-1)
     rows, partition = row_losses(xp, positive_logit, row_max, others)
-    return rows, (scaled, exps, others, partition)
+    return rows, (exps, others, partition)
 
 
 def backward(
@@ -109,47 +109,40 @@ def backward(
     scale: Any,
     residuals: tuple[Array, ...],
     grad_rows: Array,
-) -> tuple[Array, Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array | None]:
     """Gradients of ``sum(grad_rows * rows)`` for anchor, positive, candidates and the scale.
 
     With ``w = grad / s`` the logit gradient is ``w_i * exps_ij``; the row scaling is applied to
     the (N, D) factors instead of the (N, M) matrix, so no N x M temporary is made.
     """
-    scaled, exps, others, partition = residuals
-    weight = grad_rows / partition
-    grad_positive_logit = -(weight * others)
+    exps, others, partition = residuals
+    weight = grad_rows / partition * scale  # scale * dl/dlogit_ij = weight_i * exps_ij
     if candidates.ndim == 3:
         pulled = (exps[:, None, :] @ candidates)[:, 0, :]
-        grad_candidates = (exps * weight[:, None])[:, :, None] * scaled[:, None, :]
+        grad_candidates = (exps * weight[:, None])[:, :, None] * anchor[:, None, :]
     else:
         pulled = exps @ candidates
-        grad_candidates = exps.T @ (scaled * weight[:, None])
-    return finish(
-        xp, anchor, positive, scaled, scale, weight, grad_positive_logit, pulled, grad_candidates
-    )
+        grad_candidates = exps.T @ (anchor * weight[:, None])
+    return finish(xp, anchor, positive, scale, weight, others, pulled, grad_candidates)
 
 
 def finish(
     xp: Any,
     anchor: Array,
     positive: Array,
-    scaled: Array,
     scale: Any,
     weight: Array,
-    grad_positive_logit: Array,
+    others: Array,
     pulled: Array,
     grad_candidates: Array,
-) -> tuple[Array, Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array | None]:
     """Assemble the gradients from ``pulled = sum_j exps_ij c_j`` (N, D).
 
-    The scale's gradient is None when the scale is a Python number (nothing to differentiate).
+    ``weight`` is ``scale * grad / s`` per row; ``scale * dl/dp = -weight * r`` for the positive
+    logit. The scale's gradient is None when the scale is a Python number.
     """
-    grad_scaled = pulled * weight[:, None] + grad_positive_logit[:, None] * positive
+    grad_positive_logit = -(weight * others)[:, None]
+    grad_anchor = pulled * weight[:, None] + positive * grad_positive_logit
     # d/d(scale) of scale * <a, x> is <a, x>: the (N, D) product spares a pass over the logits.
-    grad_scale = xp.sum(anchor * grad_scaled) if not isinstance(scale, float) else None
-    return (
-        grad_scaled * scale,
-        grad_positive_logit[:, None] * scaled,
-        grad_candidates,
-        grad_scale,
-    )
+    grad_scale = None if isinstance(scale, float) else xp.sum(anchor * grad_anchor) / scale
+    return grad_anchor, anchor * grad_positive_logit, grad_candidates, grad_scale

@@ -109,22 +109,21 @@ def backward(
     if candidates.ndim == 3:
         return _paired_backward(xp, anchor, positive, candidates, scale, chunk, scan, grad_rows)
     row_max, others, partition = residuals
-    n, n_keys, dim = anchor.shape[0], candidates.shape[0], anchor.shape[1]
+    n, n_keys = anchor.shape[0], candidates.shape[0]
     scaled = anchor * scale
-    weight = grad_rows / partition
+    weight = grad_rows / partition * scale
     key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
 
     def row_block(grad_keys: Array, x: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
-        scaled_i, max_i, weight_i, row0 = x
-        weighted_i = scaled_i * weight_i[:, None]
+        scaled_i, anchor_i, max_i, weight_i, row0 = x
+        weighted_i = anchor_i * weight_i[:, None]
 
         def key_block(pulled: Array, y: tuple[Array, ...]) -> Any:
             logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
             exps = _core.shifted_exp(xp, logits, max_i)
             return pulled + exps @ y[0], (exps.T @ weighted_i,)
 
-        zeros = xp.zeros((scaled_i.shape[0], dim), dtype=scaled.dtype, device=device(scaled))
-        pulled, (grad_keys_i,) = scan(key_block, zeros, key_blocks)
+        pulled, (grad_keys_i,) = scan(key_block, xp.zeros_like(scaled_i), key_blocks)
         return grad_keys + grad_keys_i, (pulled,)
 
     grad_keys = xp.zeros_like(key_blocks[0])
@@ -133,6 +132,7 @@ def backward(
         grad_keys,
         (
             blocks(xp, scaled, chunk),
+            blocks(xp, anchor, chunk),
             blocks(xp, row_max, chunk),
             blocks(xp, weight, chunk),
             starts(xp, n, chunk, scaled),
@@ -142,10 +142,9 @@ def backward(
         xp,
         anchor,
         positive,
-        scaled,
         scale,
         weight,
-        -(weight * others),
+        others,
         unblock(xp, pulled, n),
         unblock(xp, grad_keys, n_keys),
     )
