@@ -446,6 +446,8 @@ def test_jax_shard_map_example_runs(request: pytest.FixtureRequest) -> None:
 
 
 _PER_DEVICE_LOSS = """
+import sys
+sys.path.insert(0, sys.argv[1])  # tests/, for the reference
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 from infonce_xp import info_nce
@@ -474,10 +476,9 @@ def test_jax_per_device_loss_without_gather(request: pytest.FixtureRequest) -> N
     selected(request, "jax")
     pytest.importorskip("jax")
     output = run_python(
-        ["-c", _PER_DEVICE_LOSS],
+        ["-c", _PER_DEVICE_LOSS, str(Path(__file__).parent)],
         timeout=120,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(Path(__file__).parent),
     )
     assert output.strip().endswith("ok")
