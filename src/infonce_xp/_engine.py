@@ -83,7 +83,7 @@ def forward(
     dtype = compute_dtype(xp, xp.result_type(*arrays.values()))
     units, norms = {}, {}
     for name, x in arrays.items():
-        x = xp.astype(x, dtype, copy=False)
+        x = x if x.dtype == dtype else xp.astype(x, dtype)
         units[name], norms[name] = _core.normalise(xp, x) if config.normalize else (x, None)
     scale = scale_of(xp, temperature, dtype)
     scan = scan or python_scan(xp)
@@ -117,7 +117,7 @@ def backward(
     units = residuals.units
     dtype = units[QUERY].dtype
     scale = scale_of(xp, temperature, dtype)
-    grad_rows = xp.astype(grad_rows, dtype, copy=False)
+    grad_rows = grad_rows if grad_rows.dtype == dtype else xp.astype(grad_rows, dtype)
     if len(residuals.per_direction) > 1:
         grad_rows = grad_rows / len(residuals.per_direction)
     scan = scan or python_scan(xp)
