@@ -34,15 +34,15 @@ def normalise_backward(xp: Any, unit: Array, norm: Array, grad_unit: Array) -> A
     return (grad_unit - unit * along) / norm
 
 
-def drop_positive(xp: Any, exps: Array, offset: Any, row0: Any = 0, col0: Any = 0) -> Array:
-    """Zero the entries ``exps[i, j]`` where key ``col0 + j`` is the positive of row ``row0 + i``."""
+def drop_positive(xp: Any, exps: Array, offset: Any) -> Array:
+    """Zero the entries ``exps[i, offset + i]``: each row's own positive among the keys."""
     n, m = exps.shape
-    if isinstance(offset, int) and isinstance(row0, int) and not is_jax_namespace(xp):
+    if isinstance(offset, int) and not is_jax_namespace(xp):
         # Our own temporary: a strided write touches N entries instead of a pass over N x M.
         flat = xp.reshape(exps, (-1,))
-        flat[offset + row0 - col0 :: m + 1] = 0
+        flat[offset :: m + 1] = 0
         return xp.reshape(flat, (n, m))
-    return xp.where(positive_mask(xp, exps, offset, row0, col0), xp.zeros_like(exps), exps)
+    return xp.where(positive_mask(xp, exps, offset, 0, 0), xp.zeros_like(exps), exps)
 
 
 def positive_mask(xp: Any, logits: Array, offset: Any, row0: Any, col0: Any) -> Array:
