@@ -482,3 +482,32 @@ def test_jax_per_device_loss_without_gather(request: pytest.FixtureRequest) -> N
         JAX_PLATFORMS="cpu",
     )
     assert output.strip().endswith("ok")
+
+
+class _OneWorker:
+    """The gather protocol for a single worker: gather and scatter are the identity."""
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def rank(self) -> int:
+        return 0
+
+    def scatter(self, grad: Any) -> Any:
+        return grad
+
+
+@pytest.mark.parametrize("options", [{}, {"symmetric": True}, {"negative_keys": True}])
+def test_value_and_grad_with_a_gather_on_numpy(options: dict[str, Any]) -> None:
+    """Without autograd, the gathered keys' gradient comes back through ``gather.scatter``."""
+    import infonce_xp
+
+    rng = np.random.default_rng(0)
+    q, k, neg = rng.normal(size=(3, 6, 4))
+    args = (q, k, neg) if options.pop("negative_keys", False) else (q, k)
+    loss, grads = infonce_xp.info_nce_value_and_grad(*args, gather=_OneWorker(), **options)
+    ref_loss, ref_grads = infonce_xp.info_nce_value_and_grad(*args, **options)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    for got, ref in zip(grads, ref_grads):
+        if ref is not None:
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)

@@ -117,10 +117,6 @@ class AllGather:
         except NameError as err:
             raise ValueError(self._unbound()) from err
 
-    def scatter(self, grad: Any) -> Any:
-        """The transpose of the gather: the summed gradient of this device's rows."""
-        return jax.lax.psum_scatter(grad, self.axis_name, scatter_dimension=0, tiled=True)  # type: ignore[no-untyped-call]
-
     def _unbound(self) -> str:
         return (
             f"infonce_xp.jax.all_gather({self.axis_name!r}) must be used inside jax.shard_map or "
