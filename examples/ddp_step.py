@@ -68,6 +68,8 @@ def worker(rank: int, world_size: int, port: int) -> None:
                 f"(rank 0: {loss.item():.4f}), temperature {temperature:.4f}"
             )
     dist.barrier()  # nobody tears down while another is still communicating
+    # DDP's reducer holds threads on the process group: release it before the group goes.
+    del model, optimizer
     dist.destroy_process_group()
 
 
