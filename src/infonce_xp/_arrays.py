@@ -15,6 +15,7 @@ __all__ = [
     "is_jax_namespace",
     "is_torch_namespace",
     "python_scan",
+    "row_dot",
 ]
 
 Array = Any
@@ -38,6 +39,14 @@ def python_scan(xp: Any) -> Scan:
         return carry, tuple(xp.stack(column) for column in zip(*ys))
 
     return scan
+
+
+def row_dot(xp: Any, a: Array, b: Array) -> Array:
+    """``vecdot`` over the last axis; for torch, ``sum(a * b)``, which skips array-api-compat's
+    ``vecdot`` wrapper (it costs several times the product itself)."""
+    if is_torch_namespace(xp):
+        return xp.sum(a * b, axis=-1)
+    return xp.vecdot(a, b)
 
 
 def as_array(xp: Any, x: Any) -> Any:

@@ -8,14 +8,16 @@ candidates ``c``: shared (M, D) or paired (N, M, D). Each row's loss is written 
 with ``p_i`` the positive logit, ``m_i`` the row maximum and ``r_i`` the sum of ``exp(logit - m_i)``
 over the *other* candidates. Both terms are non-negative, so nothing cancels, and a near-perfect
 row (``r_i`` tiny) keeps its full relative precision. In-batch candidates contain the positive
-itself (at column ``offset + i``); it is dropped from ``r_i`` rather than subtracted.
+itself (at column ``offset + i``): that entry is hidden, so it is dropped from ``r_i`` rather
+than subtracted. In the backward that same entry carries the positive's gradient, so
+the two matrix products give the whole gradient.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._arrays import device, is_jax_namespace, is_torch_namespace
+from ._arrays import device, is_jax_namespace, is_torch_namespace, row_dot
 
 Array = Any
 EPS = 1e-12  # torch.nn.functional.normalize's eps: a zero row becomes a zero vector, scoring 0
@@ -28,21 +30,31 @@ def normalise(xp: Any, x: Array) -> tuple[Array, Array]:
 
 
 def normalise_backward(xp: Any, unit: Array, norm: Array, grad_unit: Array) -> Array:
-    """Gradient through ``normalise``; a clamped (near-zero) row passes ``grad / EPS`` as torch does."""
-    along = xp.sum(unit * grad_unit, axis=-1, keepdims=True)
-    along = xp.where(norm > EPS, along, xp.zeros_like(along))
-    return (grad_unit - unit * along) / norm
+    """Gradient through ``normalise``; a clamped (near-zero) row passes ``grad / EPS`` as torch does.
+
+    Overwrites ``grad_unit``, which must be our own temporary (standard in-place operators; JAX
+    rebinds instead).
+    """
+    along = row_dot(xp, unit, grad_unit)[..., None]
+    grad_unit -= unit * xp.where(norm > EPS, along, 0.0)
+    grad_unit /= norm
+    return grad_unit
 
 
-def drop_positive(xp: Any, exps: Array, offset: Any) -> Array:
-    """Zero the entries ``exps[i, offset + i]``: each row's own positive among the keys."""
+def set_diagonal(xp: Any, exps: Array, offset: Any, values: Any) -> Array:
+    """``exps`` with ``exps[i, offset + i] = values[i]`` (or the number ``values``).
+
+    Written in place where the library can (``exps`` must be our own temporary): a strided write
+    of N entries instead of a pass over N x M. Under JAX, or with a traced offset, a ``where``.
+    """
     n, m = exps.shape
     if isinstance(offset, int) and not is_jax_namespace(xp):
-        # Our own temporary: a strided write touches N entries instead of a pass over N x M.
         flat = xp.reshape(exps, (-1,))
-        flat[offset :: m + 1] = 0
+        flat[offset :: m + 1] = values
         return xp.reshape(flat, (n, m))
-    return xp.where(positive_mask(xp, exps, offset, 0, 0), xp.zeros_like(exps), exps)
+    if not isinstance(values, (int, float)):
+        values = values[:, None]
+    return xp.where(positive_mask(xp, exps, offset, 0, 0), values, exps)
 
 
 def positive_mask(xp: Any, logits: Array, offset: Any, row0: Any, col0: Any) -> Array:
@@ -70,13 +82,14 @@ def candidate_logits(xp: Any, scaled_anchor: Array, candidates: Array) -> Array:
     return scaled_anchor @ candidates.T
 
 
-def row_losses(xp: Any, positive: Array, row_max: Array, others: Array) -> tuple[Array, Array]:
-    """Loss rows from the positive logit, the row maximum and the sum over the other candidates.
+def row_losses(xp: Any, gap: Array, others: Array) -> tuple[Array, Array]:
+    """Loss rows from ``gap = p - m <= 0`` and the sum ``r`` over the other candidates.
 
-    Returns the loss rows and the partition sums ``s_i = r_i + exp(p_i - m_i)``.
+    Returns the loss rows and the partition sums ``s_i = r_i + exp(gap_i)``, which are >= 1: the
+    maximum is the positive (gap 0) or another candidate (r >= 1).
     """
-    gap = positive - row_max  # <= 0
-    return xp.log1p(others + xp.expm1(gap)) - gap, others + xp.exp(gap)
+    shifted = others + xp.expm1(gap)  # s - 1, without cancellation
+    return xp.log1p(shifted) - gap, shifted + 1
 
 
 def forward(
@@ -88,16 +101,24 @@ def forward(
     recomputation: two matrix products.
     """
     scaled = anchor * scale
-    positive_logit = xp.sum(scaled * positive, axis=-1)
+    positive_logit = row_dot(xp, scaled, positive)
     logits = candidate_logits(xp, scaled, candidates)
+    if offset is not None:
+        # In-batch, the positive's own entry among the candidates is hidden: exp() makes it 0,
+        # and the row maximum is max(p_i, other logits), so that p_i - m_i is exactly 0 when
+        # the positive leads. Nothing reads the logits after the exp, so XLA writes the exps
+        # (and the backward's weighted matrix) over the logits' buffer.
+        logits = set_diagonal(xp, logits, offset, -xp.inf)
     row_max = positive_logit
     if logits.shape[-1] > 0:
         row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
     exps = shifted_exp(xp, logits, row_max)
-    if offset is not None:
-        exps = drop_positive(xp, exps, offset)
     others = xp.sum(exps, axis=-1)
-    rows, partition = row_losses(xp, positive_logit, row_max, others)
+    gap = positive_logit - row_max
+    rows, partition = row_losses(xp, gap, others)
+    if offset is not None:
+        # For the backward: the positive's logit gradient, up to the row's weight, is -r_i.
+        exps = set_diagonal(xp, exps, offset, -others)
     return rows, (exps, others, partition)
 
 
@@ -109,14 +130,31 @@ def backward(
     scale: Any,
     residuals: tuple[Array, ...],
     grad_rows: Array,
-) -> tuple[Array, Array, Array, Array | None]:
+    offset: Any = None,
+) -> tuple[Array, Array | None, Array, Array | None]:
     """Gradients of ``sum(grad_rows * rows)`` for anchor, positive, candidates and the scale.
 
     With ``w = grad / s`` the logit gradient is ``w_i * exps_ij``; the row scaling is applied to
-    the (N, D) factors instead of the (N, M) matrix, so no N x M temporary is made.
+    the (N, D) factors instead of the (N, M) matrix, so no N x M temporary is made. In-batch
+    (``offset`` not None) the forward left ``-r_i`` in the positive's entry of ``exps``, so the
+    two products carry the positive's gradient too: it arrives through the candidates', and
+    None is returned for it.
     """
     exps, others, partition = residuals
     weight = grad_rows / partition * scale  # scale * dl/dlogit_ij = weight_i * exps_ij
+    if offset is not None:
+        if is_jax_namespace(xp):
+            # XLA scales the matrix in one pass written over the residual's (now dead) buffer,
+            # where a scaled (N, D) anchor would be one more live temporary.
+            weighted = exps * weight[:, None]
+            grad_anchor = weighted @ candidates
+            grad_candidates = weighted.T @ anchor
+        else:
+            column = weight[:, None]
+            grad_anchor = exps @ candidates
+            grad_anchor *= column
+            grad_candidates = exps.T @ (anchor * column)
+        return grad_anchor, None, grad_candidates, scale_gradient(xp, anchor, grad_anchor, scale)
     if candidates.ndim == 3:
         pulled = (exps[:, None, :] @ candidates)[:, 0, :]
         grad_candidates = (exps * weight[:, None])[:, :, None] * anchor[:, None, :]
@@ -143,6 +181,15 @@ def finish(
     """
     grad_positive_logit = -(weight * others)[:, None]
     grad_anchor = pulled * weight[:, None] + positive * grad_positive_logit
-    # d/d(scale) of scale * <a, x> is <a, x>: the (N, D) product spares a pass over the logits.
-    grad_scale = None if isinstance(scale, float) else xp.sum(anchor * grad_anchor) / scale
+    grad_scale = scale_gradient(xp, anchor, grad_anchor, scale)
     return grad_anchor, anchor * grad_positive_logit, grad_candidates, grad_scale
+
+
+def scale_gradient(xp: Any, anchor: Array, grad_anchor: Array, scale: Any) -> Array | None:
+    """The scale's gradient, None when it is a Python number.
+
+    Every logit is ``scale * <a_i, x>``, so its scale derivative is ``<a_i, x> = logit / scale``;
+    summed with the logit gradients this is ``<a, grad_a> / scale``: an (N, D) product instead of
+    a pass over the logits.
+    """
+    return None if isinstance(scale, float) else xp.sum(anchor * grad_anchor) / scale

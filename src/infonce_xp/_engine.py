@@ -128,13 +128,14 @@ def backward(
         a, b, c = units[d.anchor], units[d.positive], units[d.candidates]
         where = offset if d.holds_positive else None
         if config.chunk_size is None:
-            parts = _core.backward(xp, a, b, c, scale, res, grad_rows)
+            parts = _core.backward(xp, a, b, c, scale, res, grad_rows, where)
         else:
             parts = _tiled.backward(
                 xp, a, b, c, scale, where, config.chunk_size, scan, res, grad_rows
             )
         for name, g in zip((d.anchor, d.positive, d.candidates), parts[:3]):
-            grads[name] = g if name not in grads else grads[name] + g
+            if g is not None:
+                grads[name] = g if name not in grads else grads[name] + g
         if parts[3] is not None:
             grad_scale = parts[3] if grad_scale is None else grad_scale + parts[3]
     out = {}

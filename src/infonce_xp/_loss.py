@@ -184,7 +184,8 @@ def reduce(call: Call, rows: Array) -> Array:
         rows = xp.mean(rows)
     elif call.reduction == "sum":
         rows = xp.sum(rows)
-    return xp.astype(as_array(xp, rows), call.out_dtype, copy=False)
+    rows = as_array(xp, rows)
+    return rows if rows.dtype == call.out_dtype else xp.astype(rows, call.out_dtype)
 
 
 def evaluate(call: Call) -> Array:

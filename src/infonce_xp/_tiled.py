@@ -62,7 +62,7 @@ def forward(
         return _paired_forward(xp, anchor, positive, candidates, scale, chunk, scan)
     n, n_keys = anchor.shape[0], candidates.shape[0]
     scaled = anchor * scale
-    positive_logit = xp.sum(scaled * positive, axis=-1)
+    positive_logit = _core.row_dot(xp, scaled, positive)
     key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
 
     def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array, Array]]:
@@ -89,7 +89,7 @@ def forward(
         ),
     )
     row_max, others = unblock(xp, row_max, n), unblock(xp, others, n)
-    rows, partition = _core.row_losses(xp, positive_logit, row_max, others)
+    rows, partition = _core.row_losses(xp, positive_logit - row_max, others)
     return rows, (row_max, others, partition)
 
 
