@@ -205,6 +205,8 @@ def torch_section(config: dict[str, Any]) -> Section:
         )
         bound = TORCH_GOALS.get((row["n"], row["d"]))
         value = t["infonce_xp"] / t["seed"]
+        # The goal restated against the floor: what it leaves for all but the three products.
+        rows[-1].insert(-1, "-" if bound is None else f"{bound * t['seed'] / t['floor']:.2f}x")
         if bound is not None:
             section.goal(
                 f"torch time ({row['n']}, {row['d']}) ≤ {bound}x seed",
@@ -212,7 +214,12 @@ def torch_section(config: dict[str, Any]) -> Section:
                 value <= bound,
             )
     header = ["N", "D", "infonce_xp", "seed", "floor", "xp / seed", "xp / floor", "seed / floor"]
-    section.add(table([*header, "reps"], rows))
+    section.add(table([*header, "goal / floor", "reps"], rows))
+    section.add(
+        "*goal / floor* is the goal restated against the floor (goal x seed / floor): how much "
+        "time it leaves, over the three matrix products, for everything else: normalising, the "
+        "exponentials over N x N, the autograd bookkeeping."
+    )
     return section
 
 
@@ -332,6 +339,7 @@ def numpy_section(config: dict[str, Any]) -> Section:
     for row in result["rows"]:
         t = {k: v["median"] for k, v in row["times"].items()}
         value = t["value_and_grad"] / t["forward"]
+        least = 1 + 2 * t["matmul"] / t["forward"]
         rows.append(
             [
                 row["n"],
@@ -340,14 +348,23 @@ def numpy_section(config: dict[str, Any]) -> Section:
                 timed(row["times"]["value_and_grad"]),
                 timed(row["times"]["matmul"]),
                 f"{value:.2f}x",
+                f"{least:.2f}x",
                 ratio(t["forward"], t["matmul"]),
             ]
         )
         section.goal(
-            f"numpy value_and_grad N={row['n']} ≤ 1.5x forward", f"{value:.2f}x", value <= 1.5
+            f"numpy value_and_grad N={row['n']} ≤ 1.5x forward",
+            f"{value:.2f}x (least possible {least:.2f}x)",
+            value <= 1.5,
         )
     header = ["N", "D", "info_nce (ms)", "value_and_grad (ms)", "matmul (ms)"]
-    section.add(table([*header, "value_and_grad / info_nce", "info_nce / matmul"], rows))
+    header += ["value_and_grad / info_nce", "least possible", "info_nce / matmul"]
+    section.add(table(header, rows))
+    section.add(
+        "*least possible* is 1 + 2 x matmul / info_nce: the gradient needs two more products of "
+        "the forward's size, so no value-and-grad can take less than the forward plus two "
+        "matmuls. Where it exceeds 1.5, the 1.5x goal cannot be met on this machine."
+    )
     return section
 
 

@@ -6,6 +6,7 @@ two functions; nothing else holds the math.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from . import _core, _tiled
@@ -34,16 +35,17 @@ class Direction(NamedTuple):
     holds_positive: bool  # the candidates include each anchor's positive (in-batch)
 
 
-def directions(config: Config, gathered: bool) -> list[Direction]:
+@functools.cache
+def directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
     """The query->key (and, symmetric, key->query) problems whose mean is the loss."""
     if config.mode == "in-batch":
         out = [Direction(QUERY, KEY, ALL_KEYS if gathered else KEY, True)]
         if config.symmetric:
             out.append(Direction(KEY, QUERY, ALL_QUERIES if gathered else QUERY, True))
-        return out
+        return tuple(out)
     if config.mode == "unpaired":
-        return [Direction(QUERY, KEY, ALL_NEGATIVES if gathered else NEGATIVES, False)]
-    return [Direction(QUERY, KEY, NEGATIVES, False)]
+        return (Direction(QUERY, KEY, ALL_NEGATIVES if gathered else NEGATIVES, False),)
+    return (Direction(QUERY, KEY, NEGATIVES, False),)
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:
@@ -86,7 +88,6 @@ def forward(
         x = x if x.dtype == dtype else xp.astype(x, dtype)
         units[name], norms[name] = _core.normalise(xp, x) if config.normalize else (x, None)
     scale = scale_of(xp, temperature, dtype)
-    scan = scan or python_scan(xp)
     rows: Any = None
     per_direction = []
     for d in directions(config, ALL_KEYS in arrays or ALL_NEGATIVES in arrays):
@@ -95,7 +96,9 @@ def forward(
         if config.chunk_size is None:
             part, res = _core.forward(xp, a, b, c, scale, where)
         else:
-            part, res = _tiled.forward(xp, a, b, c, scale, where, config.chunk_size, scan)
+            part, res = _tiled.forward(
+                xp, a, b, c, scale, where, config.chunk_size, scan or python_scan(xp)
+            )
         rows = part if rows is None else rows + part
         per_direction.append(res)
     if len(per_direction) > 1:
@@ -120,7 +123,6 @@ def backward(
     grad_rows = grad_rows if grad_rows.dtype == dtype else xp.astype(grad_rows, dtype)
     if len(residuals.per_direction) > 1:
         grad_rows = grad_rows / len(residuals.per_direction)
-    scan = scan or python_scan(xp)
     grads: dict[str, Array] = {}
     grad_scale = None
     gathered = ALL_KEYS in units or ALL_NEGATIVES in units
@@ -130,8 +132,9 @@ def backward(
         if config.chunk_size is None:
             parts = _core.backward(xp, a, b, c, scale, res, grad_rows, where)
         else:
+            loop = scan or python_scan(xp)
             parts = _tiled.backward(
-                xp, a, b, c, scale, where, config.chunk_size, scan, res, grad_rows
+                xp, a, b, c, scale, where, config.chunk_size, loop, res, grad_rows
             )
         for name, g in zip((d.anchor, d.positive, d.candidates), parts[:3]):
             if g is not None:

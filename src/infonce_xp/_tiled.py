@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
-from ._arrays import Scan, device
+from ._arrays import Scan, device, row_dot
 
 Array = Any
 
@@ -62,7 +62,7 @@ def forward(
         return _paired_forward(xp, anchor, positive, candidates, scale, chunk, scan)
     n, n_keys = anchor.shape[0], candidates.shape[0]
     scaled = anchor * scale
-    positive_logit = _core.row_dot(xp, scaled, positive)
+    positive_logit = row_dot(xp, scaled, positive)
     key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
 
     def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array, Array]]:
