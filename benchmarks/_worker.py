@@ -226,7 +226,8 @@ def jax_section(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def numpy_section(spec: dict[str, Any]) -> dict[str, Any]:
-    """``info_nce_value_and_grad`` against the forward ``info_nce`` alone (and bare ``q @ k.T``)."""
+    """``info_nce_value_and_grad`` against the forward ``info_nce`` alone, the bare ``q @ k.T``
+    and the two products of the backward."""
     import numpy as np
 
     from infonce_xp import info_nce, info_nce_value_and_grad
@@ -235,10 +236,13 @@ def numpy_section(spec: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for n, dim in spec["sizes"]:
         query, key = rng.standard_normal((2, n, dim), dtype=np.float32)
+        weights = rng.random((n, n), dtype=np.float32)  # stands for the (N, N) logit gradient
         steps = {
             "forward": lambda q=query, k=key: info_nce(q, k),
             "value_and_grad": lambda q=query, k=key: info_nce_value_and_grad(q, k),
             "matmul": lambda q=query, k=key: q @ k.T,
+            # The two products any gradient needs: (N, N) weights times keys and queries.
+            "backward_products": lambda q=query, k=key, g=weights: (g @ k, g.T @ q),
         }
         rows.append({"n": n, "d": dim, "times": interleaved(steps, spec["budget_s"])})
     return {"rows": rows}
