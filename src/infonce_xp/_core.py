@@ -97,8 +97,8 @@ def forward(
 ) -> tuple[Array, tuple[Array, ...]]:
     """Loss rows of one direction, all logits at once; ``offset`` is None unless in-batch.
 
-    The residuals keep the (N, M) matrix of ``exp(logit - m_i)`` so the backward needs no
-    recomputation: two matrix products.
+    The residuals keep the (N, M) matrix of ``exp(logit - m_i)`` (in-batch, with ``-r_i`` in
+    the positive's entry) so the backward needs no recomputation: two matrix products.
     """
     scaled = anchor * scale
     positive_logit = row_dot(xp, scaled, positive)
