@@ -11,7 +11,8 @@ the same classifier on raw pixels (also with 8 shifted copies of each training i
 on an untrained encoder.
 
 Run:  python examples/train_jax.py [--epochs 100] [--plot loss.png]
-Needs: jax, optax, scikit-learn, infonce_xp (and matplotlib for --plot).
+Needs: jax, optax, scikit-learn, infonce_xp (and matplotlib for --plot); ``_digits.py`` beside
+it.
 """
 
 from __future__ import annotations
@@ -21,24 +22,15 @@ import math
 import time
 from functools import partial
 
+import _digits  # beside this file: data, command line, 5-NN scores, summary
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
 
 from infonce_xp import info_nce
 
 MIN_TEMPERATURE = 0.01  # as infonce_xp.torch.InfoNCE(learn_temperature=True): logit scale <= 100
-
-
-def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Digits scaled to [0, 1] as (N, 8, 8) float32, split 70/30 (stratified)."""
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    return train_test_split(images, labels, test_size=0.3, random_state=seed, stratify=labels)
 
 
 def shift(images: jax.Array, dy: jax.Array, dx: jax.Array) -> jax.Array:
@@ -119,105 +111,21 @@ def loss_fn(params: dict, key: jax.Array, batch: jax.Array, args: argparse.Names
     )
 
 
-def knn_accuracy(
-    train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray
-) -> float:
-    """Accuracy of a 5-nearest-neighbour classifier with cosine distance."""
-    flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
-    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(flat(train), y_train)
-    return float(knn.score(flat(test), y_test))
-
-
-def shifted_copy(images: np.ndarray, seed: int) -> np.ndarray:
-    """Every image moved one pixel in one of the 8 directions (a fixed, seeded choice)."""
-    moves = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])
-    pick = moves[np.random.default_rng(seed).integers(0, 8, len(images))]
-    return np.asarray(shift(jnp.asarray(images), jnp.asarray(pick[:, 0]), jnp.asarray(pick[:, 1])))
-
-
-def with_shifted_copies(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each image in all 9 positions (moved by -1, 0 or 1 pixel each way), labels repeated."""
-    n, images = len(images), jnp.asarray(images)
-    moved = [
-        np.asarray(shift(images, jnp.full(n, dy), jnp.full(n, dx)))
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-    ]
-    return np.concatenate(moved), np.tile(labels, 9)
-
-
-ROWS = {
-    "raw": "raw pixels",
-    "raw_copies": "raw pixels + 8 shifted copies",
-    "untrained": "untrained encoder",
-    "learned": "learned embedding",
-}
-
-
-def scores(
-    name: str,
-    train: np.ndarray,
-    y_train: np.ndarray,
-    tests: tuple[np.ndarray, ...],
-    y_test: np.ndarray,
-) -> dict[str, float]:
-    """5-NN accuracies on the test images as they are (``name``) and moved (``name_moved``)."""
-    test, moved = tests
-    return {
-        name: knn_accuracy(train, y_train, test, y_test),
-        f"{name}_moved": knn_accuracy(train, y_train, moved, y_test),
-    }
-
-
-def plot_loss(
-    losses: list[float], steps_per_epoch: int, chance: float, path: str, title: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.arange(1, len(losses) + 1)
-    epochs = len(losses) // steps_per_epoch
-    per_epoch = np.reshape(losses[: epochs * steps_per_epoch], (epochs, steps_per_epoch)).mean(1)
-    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
-    ax.plot(steps, losses, color="tab:orange", alpha=0.35, lw=0.8, label="per step")
-    ax.plot(
-        (np.arange(epochs) + 1) * steps_per_epoch,
-        per_epoch,
-        color="tab:orange",
-        lw=2,
-        label="epoch mean",
-    )
-    ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance, log(batch) = {chance:.2f}")
-    ax.set(xlabel="step", ylabel="InfoNCE loss", title=title, ylim=(0, 1.05 * chance))
-    ax.legend()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def move(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``shift`` on NumPy arrays, for the evaluation in ``_digits``."""
+    return np.asarray(shift(jnp.asarray(images), jnp.asarray(dy), jnp.asarray(dx)))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train, evaluate, print a summary; return the accuracies, final loss and timings."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=100, help="passes over the training split")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--temperature", type=float, default=0.1, help="initial, if learned")
-    parser.add_argument("--learn-temperature", action="store_true", help="learn it, as CLIP does")
-    parser.add_argument(
-        "--mask", type=float, default=0.0, help="fraction of pixels dropped (masking)"
-    )
-    parser.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian noise")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", metavar="PATH", help="save the loss curve as a PNG here")
+    parser = _digits.parser(__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    x_train, x_test, y_train, y_test = load_data(args.seed)
+    data = _digits.load_data(args.seed)
+    x_train, _, y_train, y_test = data
     train = jnp.asarray(x_train)
-    steps_per_epoch = len(train) // args.batch_size  # the last, partial batch is dropped
-    if args.epochs < 1 or steps_per_epoch < 1:
-        parser.error(f"need --epochs >= 1 and --batch-size <= {len(train)} (the training images)")
+    steps_per_epoch = _digits.steps_per_epoch(parser, args, len(train))
     key, init_key = jax.random.split(jax.random.key(args.seed))
     params = init_params(init_key)
     if args.learn_temperature:
@@ -225,11 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             math.log(1.0 / args.temperature), jnp.float32
         )
     embed = jax.jit(encode)
-    tests = (x_test, shifted_copy(x_test, args.seed + 1))  # as they are, moved by one pixel
-    results = scores("raw", x_train, y_train, tests, y_test)
-    results |= scores("raw_copies", *with_shifted_copies(x_train, y_train), tests, y_test)
-    embedded = tuple(embed(params, x) for x in tests)
-    results |= scores("untrained", embed(params, x_train), y_train, embedded, y_test)
+    tests, results = _digits.baselines(data, args.seed, move, lambda x: embed(params, x))
 
     optimizer = optax.adam(args.lr)
     opt_state = optimizer.init(params)
@@ -254,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_time = time.perf_counter() - start
 
     embedded = tuple(embed(params, x) for x in tests)
-    results |= scores("learned", embed(params, x_train), y_train, embedded, y_test)
+    results |= _digits.scores("learned", embed(params, x_train), y_train, embedded, y_test)
     results |= {
         "final_loss": float(np.mean(losses[-steps_per_epoch:])),
         "temperature": float(temperature_of(params, args.temperature)),
@@ -268,13 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{results['final_loss']:.3f} (chance {math.log(args.batch_size):.3f}), "
         f"temperature {results['temperature']:.3f}"
     )
-    print(f"{'5-NN accuracy (cosine distance)':<31} {'test':>6}   test moved by one pixel")
-    for key, label in ROWS.items():
-        print(f"  {label:<29} {results[key]:.4f}   {results[key + '_moved']:.4f}")
-    if args.plot:
-        title = f"JAX + optax: InfoNCE on digits ({args.epochs} epochs)"
-        plot_loss(losses, steps_per_epoch, math.log(args.batch_size), args.plot, title)
-        print(f"loss curve saved to {args.plot}")
+    title = "JAX + optax: InfoNCE on digits"
+    _digits.report(results, losses, steps_per_epoch, args, title, "tab:orange")
     return results
 
 

@@ -9,7 +9,7 @@ same classifier on raw pixels (also with 8 shifted copies of each training image
 an untrained encoder.
 
 Run:  python examples/train_torch.py [--epochs 100] [--plot loss.png]
-Needs: torch, scikit-learn, infonce_xp (and matplotlib for --plot).
+Needs: torch, scikit-learn, infonce_xp (and matplotlib for --plot); ``_digits.py`` beside it.
 """
 
 from __future__ import annotations
@@ -18,21 +18,12 @@ import argparse
 import math
 import time
 
+import _digits  # beside this file: data, command line, 5-NN scores, summary
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from infonce_xp.torch import InfoNCE
-
-
-def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Digits scaled to [0, 1] as (N, 8, 8) float32, split 70/30 (stratified)."""
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    return train_test_split(images, labels, test_size=0.3, random_state=seed, stratify=labels)
 
 
 def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -82,123 +73,34 @@ def embed(encoder: nn.Module, images: np.ndarray) -> np.ndarray:
     return out
 
 
-def knn_accuracy(
-    train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray
-) -> float:
-    """Accuracy of a 5-nearest-neighbour classifier with cosine distance."""
-    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
-    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(flat(train), y_train)
-    return float(knn.score(flat(test), y_test))
-
-
-def shifted_copy(images: np.ndarray, seed: int) -> np.ndarray:
-    """Every image moved one pixel in one of the 8 directions (a fixed, seeded choice)."""
-    moves = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])
-    pick = moves[np.random.default_rng(seed).integers(0, 8, len(images))]
-    dy, dx = torch.from_numpy(pick).T
-    return shift(torch.from_numpy(images), dy, dx).numpy()
-
-
-def with_shifted_copies(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each image in all 9 positions (moved by -1, 0 or 1 pixel each way), labels repeated."""
-    n, images = len(images), torch.from_numpy(images)
-    moved = [
-        shift(images, torch.full((n,), dy), torch.full((n,), dx)).numpy()
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-    ]
-    return np.concatenate(moved), np.tile(labels, 9)
-
-
-ROWS = {
-    "raw": "raw pixels",
-    "raw_copies": "raw pixels + 8 shifted copies",
-    "untrained": "untrained encoder",
-    "learned": "learned embedding",
-}
-
-
-def scores(
-    name: str,
-    train: np.ndarray,
-    y_train: np.ndarray,
-    tests: tuple[np.ndarray, ...],
-    y_test: np.ndarray,
-) -> dict[str, float]:
-    """5-NN accuracies on the test images as they are (``name``) and moved (``name_moved``)."""
-    test, moved = tests
-    return {
-        name: knn_accuracy(train, y_train, test, y_test),
-        f"{name}_moved": knn_accuracy(train, y_train, moved, y_test),
-    }
-
-
-def plot_loss(
-    losses: list[float], steps_per_epoch: int, chance: float, path: str, title: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.arange(1, len(losses) + 1)
-    epochs = len(losses) // steps_per_epoch
-    per_epoch = np.reshape(losses[: epochs * steps_per_epoch], (epochs, steps_per_epoch)).mean(1)
-    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
-    ax.plot(steps, losses, color="tab:blue", alpha=0.35, lw=0.8, label="per step")
-    ax.plot(
-        (np.arange(epochs) + 1) * steps_per_epoch,
-        per_epoch,
-        color="tab:blue",
-        lw=2,
-        label="epoch mean",
-    )
-    ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance, log(batch) = {chance:.2f}")
-    ax.set(xlabel="step", ylabel="InfoNCE loss", title=title, ylim=(0, 1.05 * chance))
-    ax.legend()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def move(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``shift`` on NumPy arrays, for the evaluation in ``_digits``."""
+    return shift(torch.from_numpy(images), torch.from_numpy(dy), torch.from_numpy(dx)).numpy()
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train, evaluate, print a summary; return the accuracies, final loss and timings."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=100, help="passes over the training split")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--temperature", type=float, default=0.1, help="initial, if learned")
-    parser.add_argument("--learn-temperature", action="store_true", help="learn it, as CLIP does")
-    parser.add_argument(
-        "--mask", type=float, default=0.0, help="fraction of pixels dropped (masking)"
-    )
-    parser.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian noise")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = _digits.parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (tiny matrices: 1 is fastest)"
     )
-    parser.add_argument("--plot", metavar="PATH", help="save the loss curve as a PNG here")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
-    x_train, x_test, y_train, y_test = load_data(args.seed)
+    data = _digits.load_data(args.seed)
+    x_train, _, y_train, y_test = data
     train = torch.from_numpy(x_train)
-    steps_per_epoch = len(train) // args.batch_size  # the last, partial batch is dropped
-    if args.epochs < 1 or steps_per_epoch < 1:
-        parser.error(f"need --epochs >= 1 and --batch-size <= {len(train)} (the training images)")
+    steps_per_epoch = _digits.steps_per_epoch(parser, args, len(train))
 
     encoder = Encoder()
     head = nn.Sequential(nn.ReLU(), nn.Linear(128, 64))  # projection head, dropped after training
     loss_fn = InfoNCE(
         temperature=args.temperature, symmetric=True, learn_temperature=args.learn_temperature
     )
-    tests = (x_test, shifted_copy(x_test, args.seed + 1))  # as they are, moved by one pixel
-    results = scores("raw", x_train, y_train, tests, y_test)
-    results |= scores("raw_copies", *with_shifted_copies(x_train, y_train), tests, y_test)
-    embedded = tuple(embed(encoder, x) for x in tests)
-    results |= scores("untrained", embed(encoder, x_train), y_train, embedded, y_test)
+    tests, results = _digits.baselines(data, args.seed, move, lambda x: embed(encoder, x))
     parameters = [*encoder.parameters(), *head.parameters(), *loss_fn.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=args.lr)
 
@@ -218,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_time = time.perf_counter() - start
 
     embedded = tuple(embed(encoder, x) for x in tests)
-    results |= scores("learned", embed(encoder, x_train), y_train, embedded, y_test)
+    results |= _digits.scores("learned", embed(encoder, x_train), y_train, embedded, y_test)
     with torch.no_grad():
         temperature = float(loss_fn.temperature)
     results |= {
@@ -232,13 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{args.batch_size} in {train_time:.1f} s; final loss {results['final_loss']:.3f} "
         f"(chance {math.log(args.batch_size):.3f}), temperature {results['temperature']:.3f}"
     )
-    print(f"{'5-NN accuracy (cosine distance)':<31} {'test':>6}   test moved by one pixel")
-    for key, label in ROWS.items():
-        print(f"  {label:<29} {results[key]:.4f}   {results[key + '_moved']:.4f}")
-    if args.plot:
-        title = f"PyTorch: InfoNCE on digits ({args.epochs} epochs)"
-        plot_loss(losses, steps_per_epoch, math.log(args.batch_size), args.plot, title)
-        print(f"loss curve saved to {args.plot}")
+    _digits.report(results, losses, steps_per_epoch, args, "PyTorch: InfoNCE on digits", "tab:blue")
     return results
 
 
