@@ -17,19 +17,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._arrays import device, is_jax_namespace, is_torch_namespace, row_dot
+from ._arrays import fill_diagonal, row_dot, subtract_exp, traits
+from ._typing import Array, Namespace
 
-Array = Any
 EPS = 1e-12  # torch.nn.functional.normalize's eps: a zero row becomes a zero vector, scoring 0
 
 
-def normalise(xp: Any, x: Array) -> tuple[Array, Array]:
+def normalise(xp: Namespace, x: Array) -> tuple[Array, Array]:
     """Rows of ``x`` scaled to unit length, and the clamped norms used to scale them."""
     norm = xp.clip(xp.linalg.vector_norm(x, axis=-1, keepdims=True), min=EPS)
     return x / norm, norm
 
 
-def normalise_backward(xp: Any, unit: Array, norm: Array, grad_unit: Array) -> Array:
+def normalise_backward(xp: Namespace, unit: Array, norm: Array, grad_unit: Array) -> Array:
     """Gradient through ``normalise``; a clamped (near-zero) row passes ``grad / EPS`` as torch does.
 
     Overwrites ``grad_unit``, which must be our own temporary (standard in-place operators; JAX
@@ -41,39 +41,7 @@ def normalise_backward(xp: Any, unit: Array, norm: Array, grad_unit: Array) -> A
     return grad_unit
 
 
-def set_diagonal(xp: Any, exps: Array, offset: Any, values: Any) -> Array:
-    """``exps`` with ``exps[i, offset + i] = values[i]`` (or the number ``values``).
-
-    Written in place where the library can (``exps`` must be our own temporary): a strided write
-    of N entries instead of a pass over N x M. Under JAX, or with a traced offset, a ``where``.
-    """
-    n, m = exps.shape
-    if isinstance(offset, int) and not is_jax_namespace(xp):
-        flat = xp.reshape(exps, (-1,))
-        flat[offset :: m + 1] = values
-        return xp.reshape(flat, (n, m))
-    if not isinstance(values, (int, float)):
-        values = values[:, None]
-    return xp.where(positive_mask(xp, exps, offset, 0, 0), values, exps)
-
-
-def positive_mask(xp: Any, logits: Array, offset: Any, row0: Any, col0: Any) -> Array:
-    n, m = logits.shape
-    rows = xp.arange(n, device=device(logits)) + row0 + offset
-    cols = xp.arange(m, device=device(logits)) + col0
-    return cols[None, :] == rows[:, None]
-
-
-def shifted_exp(xp: Any, logits: Array, row_max: Array) -> Array:
-    """``exp(logits - row_max[:, None])``; may overwrite ``logits``, which must be our own."""
-    if is_torch_namespace(xp):
-        # In place: the (N, M) matrix is allocated once instead of three times (torch only; the
-        # standard has no in-place functions, and JAX fuses this anyway).
-        return logits.sub_(row_max[:, None]).exp_()
-    return xp.exp(logits - row_max[:, None])
-
-
-def candidate_logits(xp: Any, scaled_anchor: Array, candidates: Array) -> Array:
+def candidate_logits(xp: Namespace, scaled_anchor: Array, candidates: Array) -> Array:
     """Scaled similarities of each anchor row with the shared (M, D) or paired (N, M, D) candidates."""
     # Operands share one dtype, so the @ operator is safe (and skips array-api-compat's promotion
     # wrapper, which costs more than the product itself at small sizes).
@@ -82,7 +50,7 @@ def candidate_logits(xp: Any, scaled_anchor: Array, candidates: Array) -> Array:
     return scaled_anchor @ candidates.T
 
 
-def row_losses(xp: Any, gap: Array, others: Array) -> tuple[Array, Array]:
+def row_losses(xp: Namespace, gap: Array, others: Array) -> tuple[Array, Array]:
     """Loss rows from ``gap = p - m <= 0`` and the sum ``r`` over the other candidates.
 
     Returns the loss rows and the partition sums ``s_i = r_i + exp(gap_i)``, which are >= 1: the
@@ -93,7 +61,7 @@ def row_losses(xp: Any, gap: Array, others: Array) -> tuple[Array, Array]:
 
 
 def forward(
-    xp: Any, anchor: Array, positive: Array, candidates: Array, scale: Any, offset: Any
+    xp: Namespace, anchor: Array, positive: Array, candidates: Array, scale: Any, offset: Any
 ) -> tuple[Array, tuple[Array, ...]]:
     """Loss rows of one direction, all logits at once; ``offset`` is None unless in-batch.
 
@@ -108,22 +76,22 @@ def forward(
         # and the row maximum is max(p_i, other logits), so that p_i - m_i is exactly 0 when
         # the positive leads. Nothing reads the logits after the exp, so XLA writes the exps
         # (and the backward's weighted matrix) over the logits' buffer.
-        logits = set_diagonal(xp, logits, offset, -xp.inf)
+        logits = fill_diagonal(xp, logits, offset, -xp.inf)
     row_max = positive_logit
     if logits.shape[-1] > 0:
         row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
-    exps = shifted_exp(xp, logits, row_max)
+    exps = subtract_exp(xp, logits, row_max[:, None])
     others = xp.sum(exps, axis=-1)
     gap = positive_logit - row_max
     rows, partition = row_losses(xp, gap, others)
     if offset is not None:
         # For the backward: the positive's logit gradient, up to the row's weight, is -r_i.
-        exps = set_diagonal(xp, exps, offset, -others)
+        exps = fill_diagonal(xp, exps, offset, -others)
     return rows, (exps, others, partition)
 
 
 def backward(
-    xp: Any,
+    xp: Namespace,
     anchor: Array,
     positive: Array,
     candidates: Array,
@@ -143,9 +111,9 @@ def backward(
     exps, others, partition = residuals
     weight = grad_rows / partition * scale  # scale * dl/dlogit_ij = weight_i * exps_ij
     if offset is not None:
-        if is_jax_namespace(xp):
-            # XLA scales the matrix in one pass written over the residual's (now dead) buffer,
-            # where a scaled (N, D) anchor would be one more live temporary.
+        if traits(xp).lazy:
+            # A fusing compiler (XLA) scales the matrix in one pass written over the residual's
+            # (now dead) buffer, where a scaled (N, D) anchor would be one more live temporary.
             weighted = exps * weight[:, None]
             grad_anchor = weighted @ candidates
             grad_candidates = weighted.T @ anchor
@@ -165,7 +133,7 @@ def backward(
 
 
 def finish(
-    xp: Any,
+    xp: Namespace,
     anchor: Array,
     positive: Array,
     scale: Any,
@@ -185,7 +153,7 @@ def finish(
     return grad_anchor, anchor * grad_positive_logit, grad_candidates, grad_scale
 
 
-def scale_gradient(xp: Any, anchor: Array, grad_anchor: Array, scale: Any) -> Array | None:
+def scale_gradient(xp: Namespace, anchor: Array, grad_anchor: Array, scale: Any) -> Array | None:
     """The scale's gradient, None when it is a Python number.
 
     Every logit is ``scale * <a_i, x>``, so its scale derivative is ``<a_i, x> = logit / scale``;

@@ -6,13 +6,11 @@ two functions; nothing else holds the math.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 from . import _core, _tiled
 from ._arrays import Scan, as_array, python_scan
-
-Array = Any
+from ._typing import Array, Namespace
 
 # Names of the arrays a call may hold. The ``all_*`` ones are gathered from every worker.
 QUERY, KEY, NEGATIVES = "query", "positive_key", "negative_keys"
@@ -35,7 +33,6 @@ class Direction(NamedTuple):
     holds_positive: bool  # the candidates include each anchor's positive (in-batch)
 
 
-@functools.cache
 def directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
     """The query->key (and, symmetric, key->query) problems whose mean is the loss."""
     if config.mode == "in-batch":
@@ -48,7 +45,7 @@ def directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
     return (Direction(QUERY, KEY, NEGATIVES, False),)
 
 
-def compute_dtype(xp: Any, dtype: Any) -> Any:
+def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     """At least float32: half-precision inputs are upcast for the logits and log-sum-exp."""
     return dtype if xp.finfo(dtype).bits >= 32 else xp.float32
 
@@ -62,7 +59,7 @@ class Residuals(NamedTuple):
     per_direction: list[tuple[Array, ...]]
 
 
-def scale_of(xp: Any, temperature: Any, dtype: Any) -> Any:
+def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
     """The inverse temperature: a Python float, or a 0-D array of the compute dtype."""
     if isinstance(temperature, (int, float)):
         return 1.0 / temperature
@@ -70,7 +67,7 @@ def scale_of(xp: Any, temperature: Any, dtype: Any) -> Any:
 
 
 def forward(
-    xp: Any,
+    xp: Namespace,
     arrays: dict[str, Array],
     temperature: Any,
     config: Config,
@@ -107,7 +104,7 @@ def forward(
 
 
 def backward(
-    xp: Any,
+    xp: Namespace,
     residuals: Residuals,
     grad_rows: Array,
     temperature: Any,
@@ -154,7 +151,7 @@ def backward(
     return out
 
 
-def _narrow(xp: Any, x: Array, dtype: Any) -> Array:
+def _narrow(xp: Namespace, x: Array, dtype: Any) -> Array:
     """Cast to ``dtype``, saturating where it is narrower so a zero row's huge gradient stays finite."""
     if x.dtype == dtype:
         return x

@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
-from ._arrays import Scan, device, row_dot
+from ._arrays import Scan, device, diagonal_mask, row_dot, subtract_exp
+from ._typing import Array, Namespace
 
-Array = Any
 
-
-def blocks(xp: Any, x: Array, chunk: int) -> Array:
+def blocks(xp: Namespace, x: Array, chunk: int) -> Array:
     """``x`` with its leading axis padded to a multiple of ``chunk`` and split: (nb, chunk, ...)."""
     n = x.shape[0]
     pad = -n % chunk
@@ -27,28 +26,28 @@ def blocks(xp: Any, x: Array, chunk: int) -> Array:
     return xp.reshape(x, (-1, chunk, *x.shape[1:]))
 
 
-def unblock(xp: Any, x: Array, n: int) -> Array:
+def unblock(xp: Namespace, x: Array, n: int) -> Array:
     return xp.reshape(x, (-1, *x.shape[2:]))[:n, ...]
 
 
-def starts(xp: Any, n: int, chunk: int, like: Array) -> Array:
+def starts(xp: Namespace, n: int, chunk: int, like: Array) -> Array:
     return xp.arange(0, n, chunk, device=device(like))
 
 
 def masked_logits(
-    xp: Any, scaled: Array, keys: Array, row0: Any, col0: Any, n_keys: int, offset: Any
+    xp: Namespace, scaled: Array, keys: Array, row0: Any, col0: Any, n_keys: int, offset: Any
 ) -> Array:
     """One tile of logits, with padded keys (and in-batch positives) set to -inf."""
     logits = scaled @ keys.T
     cols = xp.arange(keys.shape[0], device=device(keys)) + col0
     hidden = cols[None, :] >= n_keys
     if offset is not None:
-        hidden = hidden | _core.positive_mask(xp, logits, offset, row0, col0)
+        hidden = hidden | diagonal_mask(xp, logits, offset, row0, col0)
     return xp.where(hidden, -xp.inf, logits)
 
 
 def forward(
-    xp: Any,
+    xp: Namespace,
     anchor: Array,
     positive: Array,
     candidates: Array,
@@ -73,7 +72,7 @@ def forward(
             logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
             new_max = xp.maximum(row_max, xp.max(logits, axis=-1))
             others = others * xp.exp(row_max - new_max)
-            others = others + xp.sum(_core.shifted_exp(xp, logits, new_max), axis=-1)
+            others = others + xp.sum(subtract_exp(xp, logits, new_max[:, None]), axis=-1)
             return (new_max, others), None
 
         stats, _ = scan(key_block, (positive_i, xp.zeros_like(positive_i)), key_blocks)
@@ -94,7 +93,7 @@ def forward(
 
 
 def backward(
-    xp: Any,
+    xp: Namespace,
     anchor: Array,
     positive: Array,
     candidates: Array,
@@ -120,7 +119,7 @@ def backward(
 
         def key_block(pulled: Array, y: tuple[Array, ...]) -> Any:
             logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
-            exps = _core.shifted_exp(xp, logits, max_i)
+            exps = subtract_exp(xp, logits, max_i[:, None])
             return pulled + exps @ y[0], (exps.T @ weighted_i,)
 
         pulled, (grad_keys_i,) = scan(key_block, xp.zeros_like(scaled_i), key_blocks)
@@ -156,7 +155,13 @@ def backward(
 
 
 def _paired_forward(
-    xp: Any, anchor: Array, positive: Array, negatives: Array, scale: Any, chunk: int, scan: Scan
+    xp: Namespace,
+    anchor: Array,
+    positive: Array,
+    negatives: Array,
+    scale: Any,
+    chunk: int,
+    scan: Scan,
 ) -> tuple[Array, tuple[Array, ...]]:
     def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array]]:
         a, b, c = x
@@ -171,7 +176,7 @@ def _paired_forward(
 
 
 def _paired_backward(
-    xp: Any,
+    xp: Namespace,
     anchor: Array,
     positive: Array,
     negatives: Array,

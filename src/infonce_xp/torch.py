@@ -1,4 +1,4 @@
-"""PyTorch adapter: the engine inside ``autograd.Function``, the ``nn.Module``, an all-gather."""
+"""PyTorch: the ``nn.Module`` and a differentiable all-gather over ``torch.distributed``."""
 
 from __future__ import annotations
 
@@ -9,111 +9,31 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import _engine, _loss
+from ._call import check_call
+from ._dispatch import evaluate
+from ._options import Options, option_attributes, with_options
 
 __all__ = ["AllGather", "InfoNCE", "all_gather"]
 
 MIN_TEMPERATURE = 0.01  # CLIP's bound on a learned temperature (logit scale <= 100)
 
 
-class _Rows(torch.autograd.Function):
-    """Loss rows by ``_engine.forward``; gradients by ``_engine.backward`` (no autograd tape)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        xp: Any,
-        config: _engine.Config,
-        offset: int,
-        names: tuple[str, ...],
-        temperature: Any,
-        *tensors: torch.Tensor,
-    ) -> torch.Tensor:
-        rows, residuals = _engine.forward(
-            xp, dict(zip(names, tensors)), temperature, config, offset
-        )
-        learnable = isinstance(temperature, torch.Tensor)
-        leaves, ctx.lengths = _flatten(residuals)
-        ctx.save_for_backward(*leaves, *([temperature] if learnable else []))
-        ctx.xp, ctx.config, ctx.offset, ctx.names = xp, config, offset, names
-        ctx.temperature = None if learnable else temperature
-        return rows  # type: ignore[no-any-return]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_rows: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        saved = ctx.saved_tensors
-        learnable = ctx.temperature is None
-        temperature = saved[-1] if learnable else ctx.temperature
-        residuals = _unflatten(saved[:-1] if learnable else saved, ctx.names, ctx.lengths)
-        grads = _engine.backward(ctx.xp, residuals, grad_rows, temperature, ctx.config, ctx.offset)
-        return (
-            None,
-            None,
-            None,
-            None,
-            grads.get("temperature"),
-            *(grads.get(n) for n in ctx.names),
-        )
-
-
-def _flatten(residuals: _engine.Residuals) -> tuple[list[Any], list[int]]:
-    """The residuals as a flat list for ``save_for_backward`` (their dicts share one key order)."""
-    leaves = [*residuals.inputs.values(), *residuals.units.values(), *residuals.norms.values()]
-    for part in residuals.per_direction:
-        leaves.extend(part)
-    return leaves, [len(part) for part in residuals.per_direction]
-
-
-def _unflatten(leaves: Any, names: tuple[str, ...], lengths: list[int]) -> _engine.Residuals:
-    n = len(names)
-    inputs, units, norms = (dict(zip(names, leaves[i * n : (i + 1) * n])) for i in range(3))
-    per_direction, start = [], 3 * n
-    for length in lengths:
-        per_direction.append(tuple(leaves[start : start + length]))
-        start += length
-    return _engine.Residuals(inputs, units, norms, per_direction)
-
-
-def loss_rows(call: _loss.Call) -> torch.Tensor:
-    """Per-query losses of a checked call, differentiable through torch autograd."""
-    arrays, offset = _loss.gathered(call)
-    rows: torch.Tensor = _Rows.apply(  # type: ignore[no-untyped-call]
-        call.xp, call.config, offset, tuple(arrays), call.temperature, *arrays.values()
-    )
-    return rows
-
-
-def value_and_grad(
-    call: _loss.Call, grad_output: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``info_nce_value_and_grad`` for torch tensors: autograd through ``loss_rows``."""
-    with torch.enable_grad():
-        inputs = {name: x.detach().requires_grad_() for name, x in call.arrays.items()}
-        temperature = call.temperature
-        if isinstance(temperature, torch.Tensor):
-            inputs["temperature"] = temperature = temperature.detach().requires_grad_()
-        call = call._replace(
-            arrays={k: v for k, v in inputs.items() if k != "temperature"}, temperature=temperature
-        )
-        loss = _loss.reduce(call, loss_rows(call))
-        grads = torch.autograd.grad(loss, list(inputs.values()), grad_output)
-    return loss.detach(), dict(zip(inputs, grads))
-
-
+@option_attributes
+@with_options
 class InfoNCE(nn.Module):
     """The InfoNCE loss as a ``torch.nn.Module``: a drop-in for ``info_nce.InfoNCE``.
 
-    Same constructor as :class:`infonce_xp.InfoNCE`, plus ``learn_temperature``.
+    The constructor of :class:`infonce_xp.InfoNCE`, plus ``learn_temperature``. The options are
+    checked once, here, and kept in ``options``; each is also an attribute.
 
     Parameters
     ----------
-    temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather
-        As :func:`infonce_xp.info_nce`.
+    %(seed_options)s
     learn_temperature : bool, default False
         Learn the temperature as CLIP does: a parameter ``log_inverse_temperature`` (the log of
         the logit scale), initialised from ``temperature`` and clamped so that the temperature
         never drops below 0.01. It shows in ``parameters()`` and ``state_dict()``.
+    %(options)s
 
     Attributes
     ----------
@@ -134,28 +54,21 @@ class InfoNCE(nn.Module):
     True
     """
 
+    options: Options
+
     def __init__(
         self,
         temperature: float | torch.Tensor = 0.1,
         reduction: str = "mean",
         negative_mode: str = "unpaired",
         *,
-        symmetric: bool = False,
-        normalize: bool = True,
-        chunk_size: int | None = None,
-        gather: Any = None,
         learn_temperature: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__()
-        _loss.check_options(
-            temperature, reduction, negative_mode, symmetric, normalize, chunk_size, gather
-        )
-        self.reduction = reduction
-        self.negative_mode = negative_mode
-        self.symmetric = symmetric
-        self.normalize = normalize
-        self.chunk_size = chunk_size
-        self.gather = gather
+        self.options = Options.of(temperature, reduction, negative_mode, options)
+        if not isinstance(learn_temperature, bool):
+            raise TypeError(f"learn_temperature must be True or False; got {learn_temperature!r}")
         self.learn_temperature = learn_temperature
         if learn_temperature:
             if isinstance(temperature, torch.Tensor) or temperature < MIN_TEMPERATURE:
@@ -164,21 +77,19 @@ class InfoNCE(nn.Module):
                     f"{MIN_TEMPERATURE}; got {temperature!r}"
                 )
             self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-        else:
-            self._temperature = temperature
 
     @property
     def temperature(self) -> Any:
         if self.learn_temperature:
             bound = math.log(1.0 / MIN_TEMPERATURE)
             return torch.exp(-torch.clamp(self.log_inverse_temperature, max=bound))
-        return self._temperature
+        return self.options.temperature
 
     @temperature.setter
     def temperature(self, value: Any) -> None:
         if self.learn_temperature:
             raise AttributeError("a learned temperature is set through log_inverse_temperature")
-        self._temperature = value
+        self.options = self.options.replace(temperature=value)
 
     def forward(
         self,
@@ -186,19 +97,22 @@ class InfoNCE(nn.Module):
         positive_key: torch.Tensor,
         negative_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        loss: torch.Tensor = _loss.info_nce(
-            query, positive_key, negative_keys, **_loss.options(self)
+        call = check_call(
+            self.options,
+            query=query,
+            positive_key=positive_key,
+            negative_keys=negative_keys,
+            temperature=self.temperature if self.learn_temperature else None,
         )
+        loss: torch.Tensor = evaluate(call)
         return loss
 
     def extra_repr(self) -> str:
         if not self.learn_temperature:
-            return _loss.describe_options(self)
+            return self.options.describe()
         current = float(self.temperature.detach())
-        return (
-            _loss.describe_options(self, temperature=float(f"{current:.4g}"))
-            + ", learn_temperature=True"
-        )
+        shown = self.options.describe(temperature=float(f"{current:.4g}"))
+        return shown + ", learn_temperature=True"
 
 
 class _AllGatherFunction(torch.autograd.Function):

@@ -1,0 +1,159 @@
+"""One call's arrays checked against its options, gathered across workers, and reduced.
+
+Checks read static facts only (shapes, dtypes, namespaces, devices, Python values), so the same
+code runs under ``jax.jit`` and ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from . import _engine
+from ._arrays import array_namespace, as_array, device, is_array_api_obj
+from ._options import Options, describe
+from ._typing import Array, Namespace
+
+_NDIM = {"query": 2, "positive_key": 2}
+
+
+class Call(NamedTuple):
+    """A checked call: everything the engine and the autograd bridges need."""
+
+    xp: Namespace
+    arrays: dict[str, Array]  # query, positive_key[, negative_keys]
+    temperature: Any  # Python float or 0-D array
+    config: _engine.Config
+    options: Options
+    out_dtype: Any
+
+
+def check_call(
+    options: Options,
+    *,
+    query: Any,
+    positive_key: Any,
+    negative_keys: Any = None,
+    temperature: Any = None,
+    xp: Namespace | None = None,
+) -> Call:
+    """Check a call's arrays against ``options``, before any computation.
+
+    ``temperature`` overrides ``options.temperature`` (a module's learned one); ``xp`` None
+    infers the namespace from the arrays.
+    """
+    named = {"query": query, "positive_key": positive_key}
+    if negative_keys is not None:
+        named["negative_keys"] = negative_keys
+    for name, x in named.items():
+        if not is_array_api_obj(x):
+            raise TypeError(
+                f"{name} must be an array (NumPy, torch, JAX, CuPy, ...); got {describe(x)}"
+            )
+    if temperature is None:
+        temperature = options.temperature
+    elif not is_array_api_obj(temperature):
+        options = options.replace(temperature=temperature)  # checks a Python number
+    t_array = is_array_api_obj(temperature)
+    everything = named | ({"temperature": temperature} if t_array else {})
+    if xp is None:
+        try:
+            xp = array_namespace(*everything.values())
+        except TypeError as err:
+            kinds = ", ".join(
+                f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in everything.items()
+            )
+            raise TypeError(
+                f"all arrays of one call must come from one array library; got {kinds}"
+            ) from err
+    mode = options.negative_mode
+    _check_arrays(xp, named, mode)
+    if t_array:
+        if not xp.isdtype(temperature.dtype, "real floating"):
+            raise TypeError(f"temperature must have a real floating dtype; got {temperature.dtype}")
+        if temperature.ndim != 0:
+            raise ValueError(
+                f"temperature must be a 0-D array; got shape {tuple(temperature.shape)}"
+            )
+    devices = {name: device(x) for name, x in everything.items()}
+    if len({str(d) for d in devices.values() if d is not None}) > 1:
+        raise ValueError(f"all arrays of one call must be on one device; got {devices}")
+    if options.symmetric and negative_keys is not None:
+        raise ValueError(
+            "symmetric=True scores keys against queries in-batch, so it takes no negative_keys; "
+            f"got negative_keys of shape {tuple(negative_keys.shape)}"
+        )
+    config = _engine.Config(
+        "in-batch" if negative_keys is None else mode,
+        options.symmetric,
+        options.normalize,
+        options.chunk_size,
+    )
+    out_dtype = xp.result_type(*named.values())
+    return Call(xp, named, temperature, config, options, out_dtype)
+
+
+def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
+    for name, x in named.items():
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"{name} must have a real floating dtype; got {x.dtype}")
+        expected = _NDIM.get(name, 3 if mode == "paired" else 2)
+        if x.ndim != expected:
+            where = f" with negative_mode={mode!r}" if name == "negative_keys" else ""
+            raise ValueError(
+                f"{name} must have {expected} dimensions{where}; got shape {tuple(x.shape)}"
+            )
+    query, positive_key = named["query"], named["positive_key"]
+    n, dim = query.shape
+    if n == 0 or dim == 0:
+        raise ValueError(
+            f"query must hold at least one row of at least one feature; got shape {(n, dim)}"
+        )
+    if positive_key.shape[0] != n:
+        raise ValueError(
+            "query and positive_key must have the same number of rows; "
+            f"got {n} and {positive_key.shape[0]}"
+        )
+    for name, x in named.items():
+        if x.shape[-1] != dim:
+            raise ValueError(
+                f"{name} must have {dim} features, as query does; got shape {tuple(x.shape)}"
+            )
+    negatives = named.get("negative_keys")
+    if mode == "paired" and negatives is not None and negatives.shape[0] != n:
+        raise ValueError(
+            f"negative_keys must have one row per query ({n}) with negative_mode='paired'; "
+            f"got shape {tuple(negatives.shape)}"
+        )
+
+
+def gathered(call: Call) -> tuple[dict[str, Array], Any]:
+    """The call's arrays plus, with ``gather``, every worker's keys; and this worker's offset."""
+    arrays = dict(call.arrays)
+    gather = call.options.gather
+    if gather is None:
+        return arrays, 0
+    rank = getattr(gather, "rank", None)
+    if rank is None:
+        raise TypeError(
+            "gather must also have a rank() method giving this worker's block index, as "
+            "infonce_xp.torch.all_gather and infonce_xp.jax.all_gather do; "
+            f"got {describe(gather)}"
+        )
+    mode, n = call.config.mode, call.arrays["query"].shape[0]
+    if mode == "in-batch":
+        arrays[_engine.ALL_KEYS] = gather(arrays["positive_key"])
+        if call.config.symmetric:
+            arrays[_engine.ALL_QUERIES] = gather(arrays["query"])
+    elif mode == "unpaired":  # the local negatives are used only through the gathered ones
+        arrays[_engine.ALL_NEGATIVES] = gather(arrays.pop("negative_keys"))
+    return arrays, rank() * n
+
+
+def reduce(call: Call, rows: Array) -> Array:
+    """Apply the reduction in the compute dtype, then return the inputs' dtype."""
+    xp = call.xp
+    if call.options.reduction == "mean":
+        rows = as_array(xp, xp.mean(rows))
+    elif call.options.reduction == "sum":
+        rows = as_array(xp, xp.sum(rows))
+    return rows if rows.dtype == call.out_dtype else xp.astype(rows, call.out_dtype)

@@ -1,0 +1,76 @@
+"""``adapter_for(xp)``: how a namespace computes a call, found once per namespace.
+
+Libraries with autograd (torch, JAX) get their bridge, imported on first use; every other
+namespace (NumPy, CuPy, array-api-strict, ...) gets the analytic default, which runs the
+engine's forward and backward directly. A new bridge is one entry of ``_BRIDGES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+from . import _engine
+from ._arrays import library
+from ._call import Call, gathered, reduce
+from ._typing import Array, Namespace
+
+
+class Adapter(Protocol):
+    def loss_rows(self, call: Call) -> Array:
+        """Per-query losses (N,) of a checked call, in the compute dtype."""
+        ...
+
+    def value_and_grad(self, call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
+        """The reduced loss and the gradients of ``sum(grad_output * loss)`` by input name."""
+        ...
+
+
+class Analytic:
+    """The engine's forward and analytic backward, for namespaces without autograd."""
+
+    @staticmethod
+    def loss_rows(call: Call) -> Array:
+        arrays, offset = gathered(call)
+        rows, _ = _engine.forward(call.xp, arrays, call.temperature, call.config, offset)
+        return rows
+
+    @staticmethod
+    def value_and_grad(call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
+        xp = call.xp
+        arrays, offset = gathered(call)
+        rows, residuals = _engine.forward(xp, arrays, call.temperature, call.config, offset)
+        grad_rows = xp.astype(grad_output, rows.dtype)
+        if call.options.reduction == "mean":
+            grad_rows = grad_rows / rows.shape[0]
+        grad_rows = grad_rows * xp.ones_like(rows)
+        grads = _engine.backward(xp, residuals, grad_rows, call.temperature, call.config, offset)
+        for name, local in (
+            (_engine.ALL_KEYS, "positive_key"),
+            (_engine.ALL_QUERIES, "query"),
+            (_engine.ALL_NEGATIVES, "negative_keys"),
+        ):
+            if name in grads:
+                mine = call.options.gather.scatter(grads.pop(name))  # type: ignore[union-attr]
+                grads[local] = mine if local not in grads else grads[local] + mine
+        return reduce(call, rows), grads
+
+
+ANALYTIC = Analytic()
+_BRIDGES = {"torch": "._torch_autograd", "jax": "._jax_vjp"}
+_ADAPTERS: dict[str, Adapter] = {}  # by namespace name: a plain dict traces cleanly
+
+
+def adapter_for(xp: Namespace) -> Adapter:
+    """The :class:`Adapter` that computes calls on ``xp``'s arrays."""
+    found = _ADAPTERS.get(xp.__name__)
+    if found is None:
+        bridge = _BRIDGES.get(library(xp) or "")
+        module: Any = importlib.import_module(bridge, __package__) if bridge else None
+        found = _ADAPTERS[xp.__name__] = ANALYTIC if module is None else module.ADAPTER
+    return found
+
+
+def evaluate(call: Call) -> Array:
+    """The reduced loss of a checked call."""
+    return reduce(call, adapter_for(call.xp).loss_rows(call))

@@ -1,0 +1,260 @@
+"""The options of a loss, validated once, and the docstring fragments that describe them.
+
+A new option is one field of :class:`Options`: its default, its check and its doc paragraph
+(``metadata["doc"]``). The public functions and classes take it as a keyword through
+:func:`with_options`, their docstrings show it through :func:`fill_doc`, and the engine
+reads it from the ``Options`` object; nothing else lists the options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any, TypeVar
+
+from ._arrays import array_namespace, is_array_api_obj
+from ._typing import Array, Gather, NegativeMode, Reduction
+
+REDUCTIONS = ("mean", "sum", "none")
+NEGATIVE_MODES = ("unpaired", "paired")
+
+
+def describe(x: Any) -> str:
+    """What a user passed, for error messages: an array's type, shape and dtype, or the value."""
+    if is_array_api_obj(x):
+        kind = f"{type(x).__module__}.{type(x).__name__}"
+        return f"{kind} of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def _about(doc: str, *, seed: bool = False) -> dict[str, Any]:
+    """A field's metadata: its doc paragraph, and whether it is one of the seed's three
+    (positional) options."""
+    return {"doc": doc.strip("\n"), "seed": seed}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Options:
+    """Everything about a loss that is not data, checked once at construction.
+
+    The seed's three options come first and may be given by position; the rest are keyword-only
+    in every public function and class.
+    """
+
+    temperature: float | Array = field(
+        default=0.1,
+        metadata=_about(
+            """
+temperature : float or 0-D array, default 0.1
+    Logits are divided by the temperature. A 0-D array of the inputs' namespace (a torch
+    ``Parameter``, a JAX array) receives a gradient.""",
+            seed=True,
+        ),
+    )
+    reduction: Reduction = field(
+        default="mean",
+        metadata=_about(
+            """
+reduction : {"mean", "sum", "none"}, default "mean"
+    How the per-query losses are reduced; "none" returns shape (N,).""",
+            seed=True,
+        ),
+    )
+    negative_mode: NegativeMode = field(
+        default="unpaired",
+        metadata=_about(
+            """
+negative_mode : {"unpaired", "paired"}, default "unpaired"
+    How ``negative_keys`` is read (ignored without them).""",
+            seed=True,
+        ),
+    )
+    symmetric: bool = field(
+        default=False,
+        metadata=_about(
+            """
+symmetric : bool, default False
+    Average the query->key and key->query losses (the CLIP loss); in-batch mode only."""
+        ),
+    )
+    normalize: bool = field(
+        default=True,
+        metadata=_about(
+            """
+normalize : bool, default True
+    L2-normalise every input row first (cosine similarity). False uses raw dot products."""
+        ),
+    )
+    chunk_size: int | None = field(
+        default=None,
+        metadata=_about(
+            """
+chunk_size : int, optional
+    Stream the computation over blocks of at most this many queries and keys, forward and
+    backward, so that no (N, M) matrix is allocated. None (the default) computes all
+    logits at once, which is faster while they fit in memory."""
+        ),
+    )
+    gather: Gather | None = field(
+        default=None,
+        metadata=_about(
+            """
+gather : callable, optional
+    Share keys across workers: :func:`infonce_xp.torch.all_gather` or
+    :func:`infonce_xp.jax.all_gather`. Each worker's queries are then scored against the
+    keys (in-batch positives, unpaired negatives) of every worker."""
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        t: Any = self.temperature
+        if is_array_api_obj(t):
+            xp = array_namespace(t)
+            if not xp.isdtype(t.dtype, "real floating") or t.ndim != 0:
+                raise ValueError(
+                    f"temperature must be a 0-D array of a real floating dtype; got {describe(t)}"
+                )
+        else:
+            if isinstance(t, bool) or not isinstance(t, (int, float)):
+                raise TypeError(
+                    f"temperature must be a positive number or a 0-D array; got {describe(t)}"
+                )
+            if not (math.isfinite(t) and t > 0):
+                raise ValueError(f"temperature must be a finite number > 0; got {t!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}; got {self.reduction!r}")
+        if self.negative_mode not in NEGATIVE_MODES:
+            raise ValueError(
+                f"negative_mode must be one of {NEGATIVE_MODES}; got {self.negative_mode!r}"
+            )
+        for flag in ("symmetric", "normalize"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(
+                    f"{flag} must be True or False; got {describe(getattr(self, flag))}"
+                )
+        size = self.chunk_size
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise TypeError(f"chunk_size must be None or an int; got {describe(size)}")
+            if size < 1:
+                raise ValueError(f"chunk_size must be at least 1; got {size}")
+        if self.gather is not None and not callable(self.gather):
+            raise TypeError(f"gather must be None or a callable; got {describe(self.gather)}")
+
+    @classmethod
+    def of(
+        cls, temperature: Any, reduction: Any, negative_mode: Any, keywords: dict[str, Any]
+    ) -> Options:
+        """Options from the seed's three and the keyword-only ones, naming any unknown keyword."""
+        unknown = keywords.keys() - KEYWORD_ONLY.keys()
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument {sorted(unknown)[0]!r}; "
+                f"the keyword-only options are {', '.join(KEYWORD_ONLY)}"
+            )
+        return cls(temperature, reduction, negative_mode, **keywords)
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with some options changed, checked again."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self, **shown: Any) -> str:
+        """``name=value, ...``: the seed's options always, the others where not the default."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | shown
+        return ", ".join(
+            f"{name}={value!r}"
+            for name, value in values.items()
+            if name not in KEYWORD_ONLY or value is not KEYWORD_ONLY[name].default
+        )
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Options)}
+KEYWORD_ONLY = {name: f for name, f in FIELDS.items() if not f.metadata["seed"]}
+OPTION_NAMES = tuple(FIELDS)
+
+
+# Docstring fragments, filled into literal docstrings by ``fill_doc`` (SciPy's doccer idea).
+FRAGMENTS: dict[str, str] = {
+    "query": """\
+query : array, shape (N, D)
+    Query embeddings, e.g. of one view of each sample.""",
+    "positive_key": """\
+positive_key : array, shape (N, D)
+    The positive key of each query, e.g. the embedding of another view of the same sample.""",
+    "negative_keys": """\
+negative_keys : array, shape (M, D) or (N, M, D), optional
+    Explicit negatives: shared by all queries (M, D) with ``negative_mode="unpaired"``, or
+    M per query (N, M, D) with ``negative_mode="paired"``. If None (the default), the
+    negatives of a query are the positive keys of the other queries (in-batch).""",
+    "grad_output": """\
+grad_output : array, optional
+    The cotangent of the loss, of its shape (0-D, or (N,) with ``reduction="none"``).
+    Default: ones.""",
+    "xp": """\
+xp : array_namespace, optional
+    The standard-compatible namespace for the inputs. Default: infer.""",
+    **{name: f.metadata["doc"] for name, f in FIELDS.items()},
+}
+FRAGMENTS["arrays"] = "\n".join(FRAGMENTS[n] for n in ("query", "positive_key", "negative_keys"))
+FRAGMENTS["seed_options"] = "\n".join(FRAGMENTS[n] for n in OPTION_NAMES if n not in KEYWORD_ONLY)
+FRAGMENTS["options"] = "\n".join(FRAGMENTS[n] for n in KEYWORD_ONLY)
+
+_PLACEHOLDER = re.compile(r"^( *)%\((\w+)\)s$", re.MULTILINE)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fill_doc(obj: F) -> F:
+    """Replace each line ``%(name)s`` of ``obj``'s docstring by the fragment ``name``, indented
+    as the placeholder is."""
+    doc = obj.__doc__ or ""
+    obj.__doc__ = _PLACEHOLDER.sub(
+        lambda m: textwrap.indent(FRAGMENTS[m.group(2)], m.group(1)), doc
+    )
+    return obj
+
+
+def with_options(obj: F) -> F:
+    """Fill the docstring, and show the keyword-only options in the signature of ``obj``.
+
+    ``obj`` takes them as ``**options``; :func:`inspect.signature` (so ``help()``, Sphinx and
+    IPython) lists each by name and default, before any other keyword-only parameter.
+    """
+    target: Any = obj.__init__ if isinstance(obj, type) else obj  # type: ignore[misc]
+    signature = inspect.signature(target)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = next((i for i, p in enumerate(params) if p.kind is p.KEYWORD_ONLY), len(params))
+    options = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for name, f in KEYWORD_ONLY.items()
+    ]
+    target.__signature__ = signature.replace(parameters=params[:at] + options + params[at:])
+    return fill_doc(obj)
+
+
+C = TypeVar("C", bound=type)
+
+
+def option_attributes(cls: C) -> C:
+    """Give a class that holds ``self.options`` one attribute per option (unless it defines
+    its own): reading returns the option, assigning replaces ``options`` with a checked copy."""
+
+    def attribute(name: str) -> property:
+        def get(self: Any) -> Any:
+            return getattr(self.options, name)
+
+        def set_(self: Any, value: Any) -> None:
+            self.options = self.options.replace(**{name: value})
+
+        return property(get, set_, doc=f"The ``{name}`` option (see :class:`Options`).")
+
+    for name in OPTION_NAMES:
+        if name not in cls.__dict__:
+            setattr(cls, name, attribute(name))
+    return cls
