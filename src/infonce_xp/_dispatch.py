@@ -2,13 +2,12 @@
 
 Libraries with autograd (torch, JAX) get their bridge, imported on first use; every other
 namespace (NumPy, CuPy, array-api-strict, ...) gets the analytic default, which runs the
-engine's forward and backward directly. A new bridge is one entry of ``_BRIDGES``.
+engine's forward and backward directly. A new bridge is one branch of ``adapter_for``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import _engine
 from ._arrays import library
@@ -57,18 +56,21 @@ class Analytic:
 
 
 ANALYTIC = Analytic()
-_BRIDGES = {"torch": "._torch_autograd", "jax": "._jax_vjp"}
 _ADAPTERS: dict[str, Adapter] = {}  # by namespace name: a plain dict traces cleanly
 
 
 def adapter_for(xp: Namespace) -> Adapter:
-    """The :class:`Adapter` that computes calls on ``xp``'s arrays."""
-    found = _ADAPTERS.get(xp.__name__)
-    if found is None:
-        bridge = _BRIDGES.get(library(xp) or "")
-        module: Any = importlib.import_module(bridge, __package__) if bridge else None
-        found = _ADAPTERS[xp.__name__] = ANALYTIC if module is None else module.ADAPTER
-    return found
+    """The :class:`Adapter` that computes calls on ``xp``'s arrays (its library's autograd
+    bridge, imported on first use, or the analytic default)."""
+    if xp.__name__ not in _ADAPTERS:
+        name = library(xp)
+        adapter: Adapter = ANALYTIC
+        if name == "torch":
+            from ._torch_autograd import ADAPTER as adapter
+        elif name == "jax":
+            from ._jax_vjp import ADAPTER as adapter
+        _ADAPTERS[xp.__name__] = adapter
+    return _ADAPTERS[xp.__name__]
 
 
 def evaluate(call: Call) -> Array:
