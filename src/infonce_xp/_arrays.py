@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
-from array_api_compat import array_namespace, device, is_lazy_array, is_writeable_array
+from array_api_compat import is_lazy_array, is_writeable_array
 
 from ._typing import Array, Namespace
 
@@ -24,10 +24,15 @@ __all__ = [
     "device",
     "fill_diagonal",
     "is_array_api_obj",
+    "is_numpy_value",
+    "is_symbolic_number",
     "library",
+    "multiply_into",
+    "number",
     "python_scan",
     "row_dot",
     "subtract_exp",
+    "subtract_into",
     "traits",
 ]
 
@@ -43,8 +48,9 @@ class Traits:
     lazy
         The library traces and fuses element-wise work (XLA): a pass over a matrix that is
         about to die costs no memory, so the math may prefer it to an (N, D) temporary.
-    exp_out
-        ``xp.exp`` accepts ``out=``: an element-wise ``exp`` written over its input.
+    exp_in_place
+        How an element-wise ``exp`` is written over its input: ``"method"`` (``x.exp_()``),
+        ``"out"`` (``xp.exp(x, out=x)``) or ``""`` (not at all: the standard has neither).
     scalar_reductions
         Reductions return scalars rather than 0-D arrays (NumPy).
     vecdot
@@ -55,7 +61,7 @@ class Traits:
 
     writeable: bool
     lazy: bool
-    exp_out: bool
+    exp_in_place: str
     scalar_reductions: bool
     vecdot: bool
 
@@ -69,14 +75,16 @@ def traits(xp: Namespace) -> Traits:
     if found is None:
         probe = xp.zeros((2,))
         writeable = bool(is_writeable_array(probe))
-        exp_out = False
-        if writeable:
+        exp_in_place = ""
+        if writeable and hasattr(probe, "exp_"):
+            exp_in_place = "method"
+        elif writeable:
             with contextlib.suppress(TypeError):  # the standard's exp has no out=
-                exp_out = xp.exp(probe, out=probe) is probe
+                exp_in_place = "out" if xp.exp(probe, out=probe) is probe else ""
         found = Traits(
             writeable=writeable,
             lazy=bool(is_lazy_array(probe)),
-            exp_out=exp_out,
+            exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
             vecdot=library(xp) != "torch",
         )
@@ -84,9 +92,71 @@ def traits(xp: Namespace) -> Traits:
     return found
 
 
+# array-api-compat's type tests are lru_cache'd, which torch.compile warns about at every
+# trace; their answers depend only on the arrays' types, so they are kept here, by type.
+_IS_ARRAY: dict[type, bool] = {}
+_NAMESPACES: dict[tuple[type, ...], Namespace] = {}
+
+
 def is_array_api_obj(x: Any) -> bool:
     """Whether ``x`` is an array of some array-API library (NumPy scalars count)."""
-    return bool(array_api_compat.is_array_api_obj(x))
+    # Python numbers first: a compiler's traced number has no attributes to ask about.
+    if isinstance(x, (int, float)):
+        return False
+    kind = type(x)
+    if kind not in _IS_ARRAY:
+        _IS_ARRAY[kind] = bool(array_api_compat.is_array_api_obj(x))
+    return _IS_ARRAY[kind]
+
+
+def array_namespace(*xs: Array) -> Namespace:
+    """The namespace of arrays of one library (``array_api_compat.array_namespace``); a
+    TypeError for arrays of several."""
+    kinds = tuple(type(x) for x in xs)
+    if kinds not in _NAMESPACES:
+        _NAMESPACES[kinds] = array_api_compat.array_namespace(*xs)
+    return _NAMESPACES[kinds]
+
+
+def device(x: Array) -> Any:
+    """The device of ``x``; None for a JAX array under ``jax.jit``."""
+    if type(x).__module__.partition(".")[0] in ("jax", "jaxlib"):
+        return array_api_compat.device(x)  # a tracer's device is None
+    return x.device
+
+
+def is_symbolic_number(x: Any) -> bool:
+    """A number that a compiler traces (``torch.compile(dynamic=True)``'s ``SymFloat``)."""
+    return type(x).__name__ in ("SymFloat", "SymInt")
+
+
+def is_numpy_value(x: Any) -> bool:
+    """A NumPy scalar or array (a number, not an array, to the other libraries)."""
+    return type(x).__module__ == "numpy" and hasattr(x, "dtype")
+
+
+def number(x: Array, *, sync: bool) -> float | None:
+    """The value of a 0-D array as a Python float, where it can be read; else None.
+
+    Never while traced (``jax.jit``, ``torch.compile``, ``torch.func``); from an accelerator
+    only if ``sync`` (a device synchronisation is acceptable).
+    """
+    lib = type(x).__module__.partition(".")[0]
+    if lib == "numpy" or lib == "array_api_strict":
+        return float(x)
+    if lib == "torch":
+        import torch
+
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return None
+        return float(x.detach()) if sync or x.device.type == "cpu" else None
+    if lib in ("jax", "jaxlib"):
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+        return float(x) if sync or all(d.platform == "cpu" for d in x.devices()) else None
+    return float(x) if sync else None
 
 
 def library(xp: Namespace) -> str | None:
@@ -99,8 +169,21 @@ def library(xp: Namespace) -> str | None:
 
 
 def _may_overwrite(xp: Namespace, x: Array) -> bool:
-    # A tensor on an autograd tape may be saved by the op that made it: never write over it.
-    return traits(xp).writeable and not getattr(x, "requires_grad", False)
+    # A tensor on an autograd tape may be saved by the op that made it, and torch.func's
+    # transforms (vmap, grad, jacrev) cannot always write in place: never write over those.
+    if not traits(xp).writeable or getattr(x, "requires_grad", False):
+        return False
+    return not _torch_transforms_active(x)
+
+
+def _torch_transforms_active(x: Array) -> bool:
+    if type(x).__module__.partition(".")[0] != "torch":
+        return False
+    import torch
+
+    if torch.compiler.is_compiling():  # the compiler makes its own choice
+        return False
+    return bool(torch._C._are_functorch_transforms_active())
 
 
 def subtract_exp(xp: Namespace, x: Array, shift: Array) -> Array:
@@ -108,7 +191,26 @@ def subtract_exp(xp: Namespace, x: Array, shift: Array) -> Array:
     if not _may_overwrite(xp, x):
         return xp.exp(x - shift)
     x -= shift
-    return xp.exp(x, out=x) if traits(xp).exp_out else xp.exp(x)
+    how = traits(xp).exp_in_place
+    if how == "method":
+        return x.exp_()
+    return xp.exp(x, out=x) if how == "out" else xp.exp(x)
+
+
+def subtract_into(xp: Namespace, x: Array, y: Array) -> Array:
+    """``x - y``, written over ``x`` where the library can (``x`` must be our own)."""
+    if not _may_overwrite(xp, x):
+        return x - y
+    x -= y
+    return x
+
+
+def multiply_into(xp: Namespace, x: Array, y: Array) -> Array:
+    """``x * y``, written over ``x`` where the library can (``x`` must be our own)."""
+    if not _may_overwrite(xp, x):
+        return x * y
+    x *= y
+    return x
 
 
 def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:

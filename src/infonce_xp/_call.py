@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _engine
-from ._arrays import array_namespace, as_array, device, is_array_api_obj
-from ._options import Options, describe
+from ._arrays import array_namespace, as_array, device, is_array_api_obj, is_numpy_value
+from ._options import Options, check_temperature, describe
 from ._typing import Array, Namespace
 
 _NDIM = {"query": 2, "positive_key": 2}
@@ -51,8 +51,8 @@ def check_call(
             )
     if temperature is None:
         temperature = options.temperature
-    elif not is_array_api_obj(temperature):
-        options = options.replace(temperature=temperature)  # checks a Python number
+    if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
+        temperature = float(temperature)  # a NumPy number is a number to the other libraries
     t_array = is_array_api_obj(temperature)
     everything = named | ({"temperature": temperature} if t_array else {})
     if xp is None:
@@ -65,15 +65,12 @@ def check_call(
             raise TypeError(
                 f"all arrays of one call must come from one array library; got {kinds}"
             ) from err
+    elif not callable(getattr(xp, "asarray", None)):
+        raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
+    # Read again at each call (an array may have changed), where that costs no device sync.
+    check_temperature(temperature, sync=False)
     mode = options.negative_mode
     _check_arrays(xp, named, mode)
-    if t_array:
-        if not xp.isdtype(temperature.dtype, "real floating"):
-            raise TypeError(f"temperature must have a real floating dtype; got {temperature.dtype}")
-        if temperature.ndim != 0:
-            raise ValueError(
-                f"temperature must be a 0-D array; got shape {tuple(temperature.shape)}"
-            )
     devices = {name: device(x) for name, x in everything.items()}
     if len({str(d) for d in devices.values() if d is not None}) > 1:
         raise ValueError(f"all arrays of one call must be on one device; got {devices}")
@@ -132,21 +129,32 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
     gather = call.options.gather
     if gather is None:
         return arrays, 0
-    rank = getattr(gather, "rank", None)
-    if rank is None:
-        raise TypeError(
-            "gather must also have a rank() method giving this worker's block index, as "
-            "infonce_xp.torch.all_gather and infonce_xp.jax.all_gather do; "
-            f"got {describe(gather)}"
-        )
     mode, n = call.config.mode, call.arrays["query"].shape[0]
     if mode == "in-batch":
-        arrays[_engine.ALL_KEYS] = gather(arrays["positive_key"])
+        arrays[_engine.ALL_KEYS] = _gather(gather, arrays["positive_key"], "positive_key")
         if call.config.symmetric:
-            arrays[_engine.ALL_QUERIES] = gather(arrays["query"])
+            arrays[_engine.ALL_QUERIES] = _gather(gather, arrays["query"], "query")
     elif mode == "unpaired":  # the local negatives are used only through the gathered ones
-        arrays[_engine.ALL_NEGATIVES] = gather(arrays.pop("negative_keys"))
-    return arrays, rank() * n
+        local = arrays.pop("negative_keys")
+        arrays[_engine.ALL_NEGATIVES] = _gather(gather, local, "negative_keys")
+    return arrays, gather.rank() * n
+
+
+def _gather(gather: Any, x: Array, name: str) -> Array:
+    """``gather(x)``, checked: whole copies of ``x`` stacked along axis 0 (one per worker)."""
+    out = gather(x)
+    rows = x.shape[0]
+    if (
+        not is_array_api_obj(out)
+        or tuple(out.shape[1:]) != tuple(x.shape[1:])
+        or (rows and out.shape[0] % rows)
+        or out.shape[0] < rows
+    ):
+        raise ValueError(
+            f"gather must return {name} of every worker stacked along axis 0: shape (W * {rows}, "
+            f"{', '.join(map(str, x.shape[1:]))}) for W workers; got {describe(out)}"
+        )
+    return out
 
 
 def reduce(call: Call, rows: Array) -> Array:
@@ -157,3 +165,21 @@ def reduce(call: Call, rows: Array) -> Array:
     elif call.options.reduction == "sum":
         rows = as_array(xp, xp.sum(rows))
     return rows if rows.dtype == call.out_dtype else xp.astype(rows, call.out_dtype)
+
+
+def check_grad_output(call: Call, grad_output: Any, shape: tuple[int, ...]) -> None:
+    """``grad_output`` must be a real floating array of the call's library, device and loss shape."""
+    expected = f"an array of shape {shape} and a real floating dtype, of the inputs' library"
+    if not is_array_api_obj(grad_output):
+        raise TypeError(f"grad_output must be {expected}; got {describe(grad_output)}")
+    try:
+        array_namespace(grad_output, *call.arrays.values())
+    except TypeError:
+        raise TypeError(f"grad_output must be {expected}; got {describe(grad_output)}") from None
+    if not call.xp.isdtype(grad_output.dtype, "real floating"):
+        raise TypeError(f"grad_output must be {expected}; got {describe(grad_output)}")
+    if tuple(grad_output.shape) != shape:
+        raise ValueError(f"grad_output must be {expected}; got {describe(grad_output)}")
+    there, here = device(grad_output), device(call.arrays["query"])
+    if there is not None and here is not None and str(there) != str(here):
+        raise ValueError(f"grad_output must be on the inputs' device {here}; got {there}")

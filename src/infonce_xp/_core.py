@@ -17,28 +17,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._arrays import fill_diagonal, row_dot, subtract_exp, traits
+from ._arrays import fill_diagonal, multiply_into, row_dot, subtract_exp, subtract_into, traits
 from ._typing import Array, Namespace
-
-EPS = 1e-12  # torch.nn.functional.normalize's eps: a zero row becomes a zero vector, scoring 0
 
 
 def normalise(xp: Namespace, x: Array) -> tuple[Array, Array]:
-    """Rows of ``x`` scaled to unit length, and the clamped norms used to scale them."""
-    norm = xp.clip(xp.linalg.vector_norm(x, axis=-1, keepdims=True), min=EPS)
-    return x / norm, norm
+    """Rows of ``x`` scaled to unit length, and the factor ``1 / |x_i|`` for the backward.
 
-
-def normalise_backward(xp: Namespace, unit: Array, norm: Array, grad_unit: Array) -> Array:
-    """Gradient through ``normalise``; a clamped (near-zero) row passes ``grad / EPS`` as torch does.
-
-    Overwrites ``grad_unit``, which must be our own temporary (standard in-place operators; JAX
-    rebinds instead).
+    The sum of squares of a float32 row overflows from about 1e19, where cosine similarity does
+    not depend on scale: each row is first divided by its largest magnitude, so that the scaled
+    row's norm lies in [1, sqrt(D)] (exactly: its largest entry is 1) and can neither overflow
+    nor underflow. A zero row is divided by 1 and stays zero; it scores 0 against everything,
+    and its gradient is the incoming gradient itself, finite in every dtype (torch's
+    ``normalize`` would pass ``grad / 1e-12``).
     """
-    along = row_dot(xp, unit, grad_unit)[..., None]
-    grad_unit -= unit * xp.where(norm > EPS, along, 0.0)
-    grad_unit /= norm
-    return grad_unit
+    largest = xp.linalg.vector_norm(x, ord=xp.inf, axis=-1, keepdims=True)
+    largest = xp.where(largest > 0, largest, 1.0)
+    scaled = x / largest
+    length = xp.clip(xp.linalg.vector_norm(scaled, axis=-1, keepdims=True), min=1.0)
+    return scaled / length, 1.0 / length / largest
+
+
+def normalise_backward(xp: Namespace, unit: Array, inverse: Array, grad_unit: Array) -> Array:
+    """Gradient through ``normalise``: ``(g - u <u, g>) / |x|`` (a zero row: ``g``).
+
+    May overwrite ``grad_unit``, which must be our own temporary.
+    """
+    grad_unit = subtract_into(xp, grad_unit, unit * row_dot(xp, unit, grad_unit)[..., None])
+    return multiply_into(xp, grad_unit, inverse)
 
 
 def candidate_logits(xp: Namespace, scaled_anchor: Array, candidates: Array) -> Array:
@@ -119,8 +125,7 @@ def backward(
             grad_candidates = weighted.T @ anchor
         else:
             column = weight[:, None]
-            grad_anchor = exps @ candidates
-            grad_anchor *= column
+            grad_anchor = multiply_into(xp, exps @ candidates, column)
             grad_candidates = exps.T @ (anchor * column)
         return grad_anchor, None, grad_candidates, scale_gradient(xp, anchor, grad_anchor, scale)
     if candidates.ndim == 3:

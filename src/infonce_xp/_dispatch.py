@@ -12,7 +12,8 @@ from typing import Protocol
 from . import _engine
 from ._arrays import library
 from ._call import Call, gathered, reduce
-from ._typing import Array, Namespace
+from ._options import describe
+from ._typing import Array, Namespace, ScatteringGather
 
 
 class Adapter(Protocol):
@@ -37,6 +38,13 @@ class Analytic:
     @staticmethod
     def value_and_grad(call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
         xp = call.xp
+        gather = call.options.gather
+        if gather is not None and not isinstance(gather, ScatteringGather):
+            raise TypeError(
+                "gather must also have a scatter(grad) method for info_nce_value_and_grad on "
+                f"{xp.__name__} arrays, which have no autograd to send gradients home; "
+                f"got {describe(gather)}"
+            )
         arrays, offset = gathered(call)
         rows, residuals = _engine.forward(xp, arrays, call.temperature, call.config, offset)
         grad_rows = xp.astype(grad_output, rows.dtype)
@@ -50,7 +58,7 @@ class Analytic:
             (_engine.ALL_NEGATIVES, "negative_keys"),
         ):
             if name in grads:
-                mine = call.options.gather.scatter(grads.pop(name))  # type: ignore[union-attr]
+                mine = gather.scatter(grads.pop(name))  # type: ignore[union-attr]
                 grads[local] = mine if local not in grads else grads[local] + mine
         return reduce(call, rows), grads
 

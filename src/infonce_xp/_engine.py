@@ -45,6 +45,11 @@ def directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
     return (Direction(QUERY, KEY, NEGATIVES, False),)
 
 
+def tile(config: Config, candidates: Array) -> int | None:
+    """The tile size, or None for all logits at once (no ``chunk_size``, or no candidate)."""
+    return None if candidates.shape[-2] == 0 else config.chunk_size
+
+
 def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     """At least float32: half-precision inputs are upcast for the logits and log-sum-exp."""
     return dtype if xp.finfo(dtype).bits >= 32 else xp.float32
@@ -55,7 +60,7 @@ class Residuals(NamedTuple):
 
     inputs: dict[str, Array]
     units: dict[str, Array]
-    norms: dict[str, Array | None]
+    inverse_norms: dict[str, Array | None]
     per_direction: list[tuple[Array, ...]]
 
 
@@ -80,27 +85,26 @@ def forward(
     start among the gathered keys; ``temperature`` is a Python number or a 0-D array.
     """
     dtype = compute_dtype(xp, xp.result_type(*arrays.values()))
-    units, norms = {}, {}
+    units, inverse_norms = {}, {}
     for name, x in arrays.items():
         x = x if x.dtype == dtype else xp.astype(x, dtype)
-        units[name], norms[name] = _core.normalise(xp, x) if config.normalize else (x, None)
+        units[name], inverse_norms[name] = _core.normalise(xp, x) if config.normalize else (x, None)
     scale = scale_of(xp, temperature, dtype)
     rows: Any = None
     per_direction = []
     for d in directions(config, ALL_KEYS in arrays or ALL_NEGATIVES in arrays):
         a, b, c = units[d.anchor], units[d.positive], units[d.candidates]
         where = offset if d.holds_positive else None
-        if config.chunk_size is None:
+        chunk = tile(config, c)
+        if chunk is None:
             part, res = _core.forward(xp, a, b, c, scale, where)
         else:
-            part, res = _tiled.forward(
-                xp, a, b, c, scale, where, config.chunk_size, scan or python_scan(xp)
-            )
+            part, res = _tiled.forward(xp, a, b, c, scale, where, chunk, scan or python_scan(xp))
         rows = part if rows is None else rows + part
         per_direction.append(res)
     if len(per_direction) > 1:
         rows = rows / len(per_direction)
-    return rows, Residuals(dict(arrays), units, norms, per_direction)
+    return rows, Residuals(dict(arrays), units, inverse_norms, per_direction)
 
 
 def backward(
@@ -126,13 +130,12 @@ def backward(
     for d, res in zip(directions(config, gathered), residuals.per_direction):
         a, b, c = units[d.anchor], units[d.positive], units[d.candidates]
         where = offset if d.holds_positive else None
-        if config.chunk_size is None:
+        chunk = tile(config, c)
+        if chunk is None:
             parts = _core.backward(xp, a, b, c, scale, res, grad_rows, where)
         else:
             loop = scan or python_scan(xp)
-            parts = _tiled.backward(
-                xp, a, b, c, scale, where, config.chunk_size, loop, res, grad_rows
-            )
+            parts = _tiled.backward(xp, a, b, c, scale, where, chunk, loop, res, grad_rows)
         for name, g in zip((d.anchor, d.positive, d.candidates), parts[:3]):
             if g is not None:
                 grads[name] = g if name not in grads else grads[name] + g
@@ -140,9 +143,9 @@ def backward(
             grad_scale = parts[3] if grad_scale is None else grad_scale + parts[3]
     out = {}
     for name, g in grads.items():
-        norm = residuals.norms[name]
-        if norm is not None:
-            g = _core.normalise_backward(xp, units[name], norm, g)
+        inverse = residuals.inverse_norms[name]
+        if inverse is not None:
+            g = _core.normalise_backward(xp, units[name], inverse, g)
         out[name] = _narrow(xp, g, residuals.inputs[name].dtype)
     if not isinstance(temperature, (int, float)):
         # d/dt f(1/t) = -f'(s) s^2
@@ -152,10 +155,6 @@ def backward(
 
 
 def _narrow(xp: Namespace, x: Array, dtype: Any) -> Array:
-    """Cast to ``dtype``, saturating where it is narrower so a zero row's huge gradient stays finite."""
-    if x.dtype == dtype:
-        return x
-    if xp.finfo(dtype).bits < xp.finfo(x.dtype).bits:
-        big = float(xp.finfo(dtype).max)
-        x = xp.clip(x, min=-big, max=big)
-    return xp.astype(x, dtype)
+    """Cast to ``dtype``: entries beyond a narrower dtype's range become inf, as the seed's do,
+    so that loss scalers see the overflow."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)

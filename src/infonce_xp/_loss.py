@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._arrays import device, is_array_api_obj
-from ._call import check_call
+from ._arrays import device
+from ._call import check_call, check_grad_output
 from ._dispatch import adapter_for, evaluate
-from ._options import Options, describe, option_attributes, with_options
+from ._options import Options, option_attributes, with_options
 from ._typing import Array, Namespace, NegativeMode, Reduction
 
 
@@ -137,10 +137,8 @@ def info_nce_value_and_grad(
     out_shape: tuple[int, ...] = (n,) if opts.reduction == "none" else ()
     if grad_output is None:
         grad_output = call.xp.ones(out_shape, dtype=call.out_dtype, device=device(query))
-    elif not is_array_api_obj(grad_output) or tuple(grad_output.shape) != out_shape:
-        raise ValueError(
-            f"grad_output must be an array of shape {out_shape}; got {describe(grad_output)}"
-        )
+    else:
+        check_grad_output(call, grad_output, out_shape)
     loss, grads = adapter_for(call.xp).value_and_grad(call, grad_output)
     return loss, Gradients(
         grads["query"], grads["positive_key"], grads.get("negative_keys"), grads.get("temperature")

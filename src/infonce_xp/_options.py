@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import operator
 import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any, TypeVar
 
-from ._arrays import array_namespace, is_array_api_obj
+from ._arrays import array_namespace, is_array_api_obj, is_symbolic_number, number
 from ._typing import Array, Gather, NegativeMode, Reduction
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -30,6 +31,30 @@ def describe(x: Any) -> str:
         kind = f"{type(x).__module__}.{type(x).__name__}"
         return f"{kind} of shape {tuple(x.shape)} and dtype {x.dtype}"
     return f"{type(x).__name__} {x!r}"[:120]
+
+
+def check_temperature(t: Any, *, sync: bool) -> None:
+    """A temperature must be a finite number > 0, or a 0-D real floating array whose value, where
+    it can be read (:func:`~infonce_xp._arrays.number`), is one."""
+    if is_symbolic_number(t):  # traced by a compiler: nothing to read
+        return
+    value: Any = t
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        if not is_array_api_obj(t):
+            raise TypeError(
+                f"temperature must be a positive number or a 0-D array; got {describe(t)}"
+            )
+        array: Any = t
+        if not array_namespace(array).isdtype(array.dtype, "real floating"):
+            raise TypeError(f"temperature must have a real floating dtype; got {describe(t)}")
+        if array.ndim != 0:
+            raise ValueError(f"temperature must be a 0-D array; got {describe(t)}")
+        value = number(array, sync=sync)
+    # Comparisons only (a compiler can trace them); NaN fails both.
+    too_big = isinstance(value, int) and value >= 2**1024  # beyond float's range
+    if not (value is None or (0 < value < math.inf and not too_big)):
+        shown = describe(t) if value is t else f"{value!r} ({describe(t)})"
+        raise ValueError(f"temperature must be a finite number > 0; got {shown}")
 
 
 def _about(doc: str, *, seed: bool = False) -> dict[str, Any]:
@@ -112,20 +137,7 @@ gather : callable, optional
     )
 
     def __post_init__(self) -> None:
-        t: Any = self.temperature
-        if is_array_api_obj(t):
-            xp = array_namespace(t)
-            if not xp.isdtype(t.dtype, "real floating") or t.ndim != 0:
-                raise ValueError(
-                    f"temperature must be a 0-D array of a real floating dtype; got {describe(t)}"
-                )
-        else:
-            if isinstance(t, bool) or not isinstance(t, (int, float)):
-                raise TypeError(
-                    f"temperature must be a positive number or a 0-D array; got {describe(t)}"
-                )
-            if not (math.isfinite(t) and t > 0):
-                raise ValueError(f"temperature must be a finite number > 0; got {t!r}")
+        check_temperature(self.temperature, sync=True)
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}; got {self.reduction!r}")
         if self.negative_mode not in NEGATIVE_MODES:
@@ -138,13 +150,26 @@ gather : callable, optional
                     f"{flag} must be True or False; got {describe(getattr(self, flag))}"
                 )
         size = self.chunk_size
+        if isinstance(size, bool):
+            raise TypeError(f"chunk_size must be None or an int; got {describe(size)}")
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise TypeError(f"chunk_size must be None or an int; got {describe(size)}")
+            try:
+                size = operator.index(size)  # an int, or a NumPy integer
+            except TypeError:
+                raise TypeError(
+                    f"chunk_size must be None or an int; got {describe(self.chunk_size)}"
+                ) from None
             if size < 1:
-                raise ValueError(f"chunk_size must be at least 1; got {size}")
+                raise ValueError(f"chunk_size must be an int of at least 1; got {size!r}")
+            object.__setattr__(self, "chunk_size", size)
         if self.gather is not None and not callable(self.gather):
             raise TypeError(f"gather must be None or a callable; got {describe(self.gather)}")
+        if self.gather is not None and not isinstance(self.gather, Gather):
+            raise TypeError(
+                "gather must also have a rank() method giving this worker's block index, as "
+                "infonce_xp.torch.all_gather and infonce_xp.jax.all_gather do; "
+                f"got {describe(self.gather)}"
+            )
 
     @classmethod
     def of(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -11,62 +12,93 @@ from ._call import Call, gathered, reduce
 
 
 class _Rows(torch.autograd.Function):
-    """Loss rows by ``_engine.forward``; gradients by ``_engine.backward`` (no autograd tape)."""
+    """Loss rows by ``_engine.forward``; gradients by ``_engine.backward``.
+
+    The forward returns the residuals as extra outputs (the ``setup_context`` form, which
+    ``torch.func`` and ``torch.compile`` need); the backward runs the analytic backward on them.
+    Under ``create_graph=True`` it recomputes the forward from the inputs under autograd first,
+    so that the same array-API backward, run on tensors that carry a graph, is itself
+    differentiable. Autocast is off inside: the engine picks its compute dtypes itself.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         xp: Any,
         config: _engine.Config,
         offset: int,
         names: tuple[str, ...],
         temperature: Any,
         *tensors: torch.Tensor,
-    ) -> torch.Tensor:
-        rows, residuals = _engine.forward(
-            xp, dict(zip(names, tensors)), temperature, config, offset
-        )
-        learnable = isinstance(temperature, torch.Tensor)
-        leaves, ctx.lengths = _flatten(residuals)
-        ctx.save_for_backward(*leaves, *([temperature] if learnable else []))
-        ctx.xp, ctx.config, ctx.offset, ctx.names = xp, config, offset, names
-        ctx.temperature = None if learnable else temperature
-        return rows  # type: ignore[no-any-return]
+    ) -> tuple[torch.Tensor, ...]:
+        with _no_autocast(tensors[0]):
+            rows, residuals = _engine.forward(
+                xp, dict(zip(names, tensors)), temperature, config, offset
+            )
+        return (rows, *_flatten(residuals, config))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_rows: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        xp, config, offset, names, temperature, *tensors = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        learnable = isinstance(temperature, torch.Tensor)
+        ctx.save_for_backward(*tensors, *output[1:], *([temperature] if learnable else []))
+        ctx.xp, ctx.config, ctx.offset, ctx.names = xp, config, offset, names
+        ctx.temperature = None if learnable else temperature
+
+    @staticmethod
+    def backward(ctx: Any, grad_rows: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        xp, config, offset, names = ctx.xp, ctx.config, ctx.offset, ctx.names
         saved = ctx.saved_tensors
         learnable = ctx.temperature is None
         temperature = saved[-1] if learnable else ctx.temperature
-        residuals = _unflatten(saved[:-1] if learnable else saved, ctx.names, ctx.lengths)
-        grads = _engine.backward(ctx.xp, residuals, grad_rows, temperature, ctx.config, ctx.offset)
-        return (
-            None,
-            None,
-            None,
-            None,
-            grads.get("temperature"),
-            *(grads.get(n) for n in ctx.names),
-        )
+        n = len(names)
+        inputs = dict(zip(names, saved[:n]))
+        with _no_autocast(grad_rows):
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_rows, *saved)):
+                # create_graph=True: rebuild the residuals with a graph back to the inputs.
+                _, residuals = _engine.forward(xp, inputs, temperature, config, offset)
+            else:
+                leaves = saved[n : len(saved) - learnable]
+                residuals = _unflatten(xp, inputs, leaves, config)
+            grads = _engine.backward(xp, residuals, grad_rows, temperature, config, offset)
+        return (None, None, None, None, grads.get("temperature"), *(grads.get(k) for k in names))
 
 
-def _flatten(residuals: _engine.Residuals) -> tuple[list[Any], list[int]]:
-    """The residuals as a flat list for ``save_for_backward`` (their dicts share one key order)."""
-    leaves = [*residuals.inputs.values(), *residuals.units.values(), *residuals.norms.values()]
+def _no_autocast(like: torch.Tensor) -> Any:
+    kind = like.device.type
+    if not torch.is_autocast_enabled(kind):
+        return contextlib.nullcontext()
+    return torch.autocast(kind, enabled=False)
+
+
+def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch.Tensor]:
+    """The residuals that are not inputs, as a flat list of tensors (see ``_unflatten``)."""
+    leaves = []
+    if config.normalize:
+        leaves += [*residuals.units.values(), *residuals.inverse_norms.values()]
     for part in residuals.per_direction:
         leaves.extend(part)
-    return leaves, [len(part) for part in residuals.per_direction]
+    return leaves
 
 
-def _unflatten(leaves: Any, names: tuple[str, ...], lengths: list[int]) -> _engine.Residuals:
-    n = len(names)
-    inputs, units, norms = (dict(zip(names, leaves[i * n : (i + 1) * n])) for i in range(3))
-    per_direction, start = [], 3 * n
-    for length in lengths:
-        per_direction.append(tuple(leaves[start : start + length]))
-        start += length
-    return _engine.Residuals(inputs, units, norms, per_direction)
+def _unflatten(
+    xp: Any, inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
+) -> _engine.Residuals:
+    names, n = list(inputs), len(inputs)
+    if config.normalize:
+        units = dict(zip(names, leaves[:n]))
+        inverse_norms: dict[str, Any] = dict(zip(names, leaves[n : 2 * n]))
+        leaves = leaves[2 * n :]
+    else:  # the units are the inputs in the compute dtype
+        dtype = _engine.compute_dtype(xp, xp.result_type(*inputs.values()))
+        units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items()}
+        inverse_norms = dict.fromkeys(names)
+    count = len(_engine.directions(config, gathered=False))  # the same with gather
+    size = len(leaves) // count
+    per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
+    return _engine.Residuals(inputs, units, inverse_norms, per_direction)
 
 
 class TorchAdapter:
@@ -76,9 +108,17 @@ class TorchAdapter:
     def loss_rows(call: Call) -> torch.Tensor:
         """Per-query losses of a checked call, differentiable through torch autograd."""
         arrays, offset = gathered(call)
-        rows: torch.Tensor = _Rows.apply(  # type: ignore[no-untyped-call]
-            call.xp, call.config, offset, tuple(arrays), call.temperature, *arrays.values()
+        t = call.temperature
+        inputs = [*arrays.values(), *([t] if isinstance(t, torch.Tensor) else [])]
+        if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
+            # Nothing to differentiate: no Function, no residuals kept.
+            with _no_autocast(inputs[0]):
+                rows: torch.Tensor = _engine.forward(call.xp, arrays, t, call.config, offset)[0]
+            return rows
+        outputs = _Rows.apply(  # type: ignore[no-untyped-call]
+            call.xp, call.config, offset, tuple(arrays), t, *arrays.values()
         )
+        rows = outputs[0]
         return rows
 
     @classmethod
