@@ -22,6 +22,7 @@ __all__ = [
     "array_namespace",
     "as_array",
     "device",
+    "divide_into",
     "fill_diagonal",
     "is_array_api_obj",
     "is_numpy_value",
@@ -53,6 +54,8 @@ class Traits:
         ``"out"`` (``xp.exp(x, out=x)``) or ``""`` (not at all: the standard has neither).
     scalar_reductions
         Reductions return scalars rather than 0-D arrays (NumPy).
+    watched
+        Whether, right now, a transform watches writes in place (``torch.func``).
     vecdot
         The namespace's ``vecdot`` is at least as fast as ``sum(a * b)``: not so for
         array-api-compat's torch ``vecdot``, which goes through ``bmm`` and costs several times
@@ -64,6 +67,7 @@ class Traits:
     exp_in_place: str
     scalar_reductions: bool
     vecdot: bool
+    watched: Callable[[], bool]
 
 
 _TRAITS: dict[str, Traits] = {}  # by namespace name: a plain dict traces cleanly under compile
@@ -87,6 +91,7 @@ def traits(xp: Namespace) -> Traits:
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
             vecdot=library(xp) != "torch",
+            watched=_torch_transforms_active if library(xp) == "torch" else _never,
         )
         _TRAITS[xp.__name__] = found
     return found
@@ -171,14 +176,15 @@ def library(xp: Namespace) -> str | None:
 def _may_overwrite(xp: Namespace, x: Array) -> bool:
     # A tensor on an autograd tape may be saved by the op that made it, and torch.func's
     # transforms (vmap, grad, jacrev) cannot always write in place: never write over those.
-    if not traits(xp).writeable or getattr(x, "requires_grad", False):
-        return False
-    return not _torch_transforms_active(x)
+    found = traits(xp)
+    return found.writeable and not getattr(x, "requires_grad", False) and not found.watched()
 
 
-def _torch_transforms_active(x: Array) -> bool:
-    if type(x).__module__.partition(".")[0] != "torch":
-        return False
+def _never() -> bool:
+    return False
+
+
+def _torch_transforms_active() -> bool:
     import torch
 
     if torch.compiler.is_compiling():  # the compiler makes its own choice
@@ -210,6 +216,14 @@ def multiply_into(xp: Namespace, x: Array, y: Array) -> Array:
     if not _may_overwrite(xp, x):
         return x * y
     x *= y
+    return x
+
+
+def divide_into(xp: Namespace, x: Array, y: Array) -> Array:
+    """``x / y``, written over ``x`` where the library can (``x`` must be our own)."""
+    if not _may_overwrite(xp, x):
+        return x / y
+    x /= y
     return x
 
 

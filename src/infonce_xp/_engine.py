@@ -60,7 +60,7 @@ class Residuals(NamedTuple):
 
     inputs: dict[str, Array]
     units: dict[str, Array]
-    inverse_norms: dict[str, Array | None]
+    lengths: dict[str, Array | None]
     per_direction: list[tuple[Array, ...]]
 
 
@@ -85,10 +85,10 @@ def forward(
     start among the gathered keys; ``temperature`` is a Python number or a 0-D array.
     """
     dtype = compute_dtype(xp, xp.result_type(*arrays.values()))
-    units, inverse_norms = {}, {}
+    units, lengths = {}, {}
     for name, x in arrays.items():
         x = x if x.dtype == dtype else xp.astype(x, dtype)
-        units[name], inverse_norms[name] = _core.normalise(xp, x) if config.normalize else (x, None)
+        units[name], lengths[name] = _core.normalise(xp, x) if config.normalize else (x, None)
     scale = scale_of(xp, temperature, dtype)
     rows: Any = None
     per_direction = []
@@ -104,7 +104,7 @@ def forward(
         per_direction.append(res)
     if len(per_direction) > 1:
         rows = rows / len(per_direction)
-    return rows, Residuals(dict(arrays), units, inverse_norms, per_direction)
+    return rows, Residuals(dict(arrays), units, lengths, per_direction)
 
 
 def backward(
@@ -143,9 +143,9 @@ def backward(
             grad_scale = parts[3] if grad_scale is None else grad_scale + parts[3]
     out = {}
     for name, g in grads.items():
-        inverse = residuals.inverse_norms[name]
-        if inverse is not None:
-            g = _core.normalise_backward(xp, units[name], inverse, g)
+        length = residuals.lengths[name]
+        if length is not None:
+            g = _core.normalise_backward(xp, units[name], length, g)
         out[name] = _narrow(xp, g, residuals.inputs[name].dtype)
     if not isinstance(temperature, (int, float)):
         # d/dt f(1/t) = -f'(s) s^2

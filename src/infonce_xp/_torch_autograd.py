@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import torch
@@ -24,14 +25,12 @@ class _Rows(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        xp: Any,
-        config: _engine.Config,
-        offset: int,
-        names: tuple[str, ...],
-        temperature: Any,
-        *tensors: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
+    def forward(*args: Any) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        # One static argument and the tensors: Function.apply binds the arguments to this
+        # signature at every call (setup_context form), which costs per parameter.
+        (xp, config, offset, names, temperature), *tensors = args
+        if temperature is None:  # learnable: the last tensor
+            *tensors, temperature = tensors
         with _no_autocast(tensors[0]):
             rows, residuals = _engine.forward(
                 xp, dict(zip(names, tensors)), temperature, config, offset
@@ -40,30 +39,35 @@ class _Rows(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        xp, config, offset, names, temperature, *tensors = inputs
+        (xp, config, offset, names, temperature), *tensors = inputs
         ctx.mark_non_differentiable(*output[1:])
-        learnable = isinstance(temperature, torch.Tensor)
-        ctx.save_for_backward(*tensors, *output[1:], *([temperature] if learnable else []))
-        ctx.xp, ctx.config, ctx.offset, ctx.names = xp, config, offset, names
-        ctx.temperature = None if learnable else temperature
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the residuals
+        # The inputs (with a learnable temperature last), then the residuals.
+        ctx.save_for_backward(*tensors, *output[1:])
+        ctx.static = xp, config, offset, names, temperature
 
     @staticmethod
     def backward(ctx: Any, grad_rows: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        xp, config, offset, names = ctx.xp, ctx.config, ctx.offset, ctx.names
+        xp, config, offset, names, temperature = ctx.static
         saved = ctx.saved_tensors
-        learnable = ctx.temperature is None
-        temperature = saved[-1] if learnable else ctx.temperature
-        n = len(names)
-        inputs = dict(zip(names, saved[:n]))
+        n = len(names) + (temperature is None)
+        inputs = dict(zip(names, saved))
+        if temperature is None:
+            temperature = saved[n - 1]
         with _no_autocast(grad_rows):
             if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_rows, *saved)):
                 # create_graph=True: rebuild the residuals with a graph back to the inputs.
                 _, residuals = _engine.forward(xp, inputs, temperature, config, offset)
             else:
-                leaves = saved[n : len(saved) - learnable]
-                residuals = _unflatten(xp, inputs, leaves, config)
+                residuals = _unflatten(xp, inputs, saved[n:], config)
             grads = _engine.backward(xp, residuals, grad_rows, temperature, config, offset)
-        return (None, None, None, None, grads.get("temperature"), *(grads.get(k) for k in names))
+        learned = (grads.get("temperature"),) if ctx.static[4] is None else ()
+        return (None, *(grads.get(k) for k in names), *learned)
+
+
+# Function.apply binds its arguments to forward's signature at every call; a stored signature
+# spares inspect rebuilding it.
+_Rows.forward.__signature__ = inspect.signature(_Rows.forward)  # type: ignore[attr-defined]
 
 
 def _no_autocast(like: torch.Tensor) -> Any:
@@ -77,7 +81,7 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
     """The residuals that are not inputs, as a flat list of tensors (see ``_unflatten``)."""
     leaves = []
     if config.normalize:
-        leaves += [*residuals.units.values(), *residuals.inverse_norms.values()]
+        leaves += [*residuals.units.values(), *residuals.lengths.values()]
     for part in residuals.per_direction:
         leaves.extend(part)
     return leaves
@@ -89,16 +93,16 @@ def _unflatten(
     names, n = list(inputs), len(inputs)
     if config.normalize:
         units = dict(zip(names, leaves[:n]))
-        inverse_norms: dict[str, Any] = dict(zip(names, leaves[n : 2 * n]))
+        lengths: dict[str, Any] = dict(zip(names, leaves[n : 2 * n]))
         leaves = leaves[2 * n :]
     else:  # the units are the inputs in the compute dtype
         dtype = _engine.compute_dtype(xp, xp.result_type(*inputs.values()))
         units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items()}
-        inverse_norms = dict.fromkeys(names)
+        lengths = dict.fromkeys(names)
     count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
-    return _engine.Residuals(inputs, units, inverse_norms, per_direction)
+    return _engine.Residuals(inputs, units, lengths, per_direction)
 
 
 class TorchAdapter:
@@ -115,9 +119,9 @@ class TorchAdapter:
             with _no_autocast(inputs[0]):
                 rows: torch.Tensor = _engine.forward(call.xp, arrays, t, call.config, offset)[0]
             return rows
-        outputs = _Rows.apply(  # type: ignore[no-untyped-call]
-            call.xp, call.config, offset, tuple(arrays), t, *arrays.values()
-        )
+        learnable = isinstance(t, torch.Tensor)
+        static = (call.xp, call.config, offset, tuple(arrays), None if learnable else t)
+        outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
         rows = outputs[0]
         return rows
 
