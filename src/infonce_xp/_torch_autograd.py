@@ -49,6 +49,8 @@ class _Rows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_rows: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
         xp, config, offset, names, temperature = ctx.static
+        if grad_rows is None:  # the loss rows are unused: no gradient anywhere
+            return (None,) * (1 + len(names) + (temperature is None))
         saved = ctx.saved_tensors
         n = len(names) + (temperature is None)
         inputs = dict(zip(names, saved))
