@@ -5,7 +5,8 @@ working directory. A block is skipped, with the reason, when it imports a librar
 installed (torch, jax, cupy, the seed's ``info_nce``, ...), when it imports CuPy and no CUDA
 device is there, or when its info string says ``gpu`` (```python gpu) and none of the libraries
 it imports sees a GPU. With ``--backend=NAME`` (one nox session per backend) blocks that import
-torch, jax or cupy run only in the sessions of that library. Blocks whose info string says
+torch, jax or cupy run only in the sessions of that library (the rule of the ``backends``
+marker, which their tests carry). Blocks whose info string says
 ``skip-test`` are never run: keep those for what cannot run in one process (multi-process
 launches). Blocks in ``>>>`` form run as doctests. Each block imports what it uses, so that
 skipping one never breaks the next.
@@ -28,12 +29,12 @@ from typing import Any
 
 import pytest
 
+from _backends import BACKENDS, OF_LIBRARY
+from _backends import why_skip as backend_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = {"python", "py", "python3", "pycon"}
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
-# With ``pytest --backend=NAME`` a block that uses one of these libraries runs only in the
-# sessions of its backends (NumPy-only blocks run in every session; they are cheap).
-BACKENDS_OF = {"torch": ("torch", "torch-cuda"), "jax": ("jax", "jax-gpu"), "cupy": ("cupy",)}
 
 
 @dataclass(frozen=True)
@@ -109,40 +110,31 @@ def imported_modules(block: Block) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def has_gpu(library: str) -> bool:
-    if library == "torch":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    if library == "jax":
-        import jax
-
-        return any(device.platform == "gpu" for device in jax.devices())
-    if library == "cupy":
-        import cupy
-
-        try:
-            return bool(cupy.cuda.is_available())
-        except (ImportError, RuntimeError):  # CuPy imports without CUDA, then fails on use
-            return False
-    return False
+def block_backends(block: Block) -> tuple[str, ...]:
+    """The backends whose sessions run a block: those of the libraries it imports (their GPU
+    ones for a ``gpu`` block). NumPy-only blocks run in every session; they are cheap."""
+    names = [b for name in imported_modules(block) for b in OF_LIBRARY.get(name, ())]
+    if "gpu" in block.flags:
+        names = [b for b in names if BACKENDS[b][1] not in (None, "cpu")]
+    return tuple(names)
 
 
 def why_skip(block: Block, backend: str = "all") -> str | None:
     """The reason not to run a block here, or None to run it."""
     if "skip-test" in block.flags:
         return "marked skip-test in the page"
-    modules = imported_modules(block)
-    libraries = [name for name in modules if name in BACKENDS_OF]
-    if backend != "all" and libraries and not any(backend in BACKENDS_OF[n] for n in libraries):
-        return f"uses {', '.join(libraries)}: runs in the sessions of that backend, not --backend={backend}"
-    for name in modules:
+    names = block_backends(block)
+    if names and (reason := backend_skip(backend, names)) is not None:
+        return reason
+    if "gpu" not in block.flags:  # then every library it imports must run here (CuPy: a device)
+        for library in imported_modules(block):
+            if library in OF_LIBRARY and (reason := backend_skip("all", OF_LIBRARY[library])):
+                return reason
+    for name in imported_modules(block):
         if name not in sys.stdlib_module_names and importlib.util.find_spec(name) is None:
             return f"needs {name}, which is not installed"
-    if "cupy" in modules and not has_gpu("cupy"):
-        return "needs CuPy with a CUDA device"
-    if "gpu" in block.flags and not any(has_gpu(name) for name in libraries):
-        return f"needs a GPU visible to {' or '.join(libraries) or 'an array library'}"
+    if "gpu" in block.flags and not names:
+        return "needs a GPU visible to an array library"
     return None
 
 
@@ -215,7 +207,14 @@ def page_runs(
     return runs
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(block, id=block.id, marks=[pytest.mark.backends(*names)] if names else [])
+        for block in BLOCKS
+        for names in [block_backends(block)]
+    ],
+)
 def test_code_block_runs(block: Block, page_runs: dict[Path, PageRun]) -> None:
     run = page_runs[block.page]
     status, detail = run.outcome(run.blocks.index(block))

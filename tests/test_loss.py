@@ -51,18 +51,16 @@ def test_matches_reference_and_seed(backend, problem, reduction, dtype):
     q, k, neg, t, mode = problem
     q, k = q.astype(dtype), k.astype(dtype)
     neg = None if neg is None else neg.astype(dtype)
-    args = [backend.asarray(q), backend.asarray(k), None if neg is None else backend.asarray(neg)]
-    out = info_nce(*args, temperature=t, reduction=reduction, negative_mode=mode)
-    got = backend.to_numpy(out)
-    assert got.dtype == np.dtype(dtype)
-    assert got.shape == ((len(q),) if reduction == "none" else ())
-    expected = reduce(reference_rows(q, k, neg, t, mode), reduction)
-    scale = len(q) if reduction == "sum" else 1
-    tol = tolerance(dtype, t)
-    np.testing.assert_allclose(got, expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
-    np.testing.assert_allclose(
-        got, seed(q, k, neg, t, reduction, mode, dtype), rtol=tol["rtol"], atol=tol["atol"] * scale
+    out = info_nce(
+        *backend.asarrays(q, k, neg), temperature=t, reduction=reduction, negative_mode=mode
     )
+    expected = reduce(reference_rows(q, k, neg, t, mode), reduction)
+    assert expected.shape == ((len(q),) if reduction == "none" else ())
+    scale = len(q) if reduction == "sum" else 1
+    tol = {"rtol": tolerance(dtype, t)["rtol"], "atol": tolerance(dtype, t)["atol"] * scale}
+    # the result: of the inputs' namespace, device and dtype, the reference's shape and values
+    backend.assert_close(out, expected, **tol, dtype=dtype)
+    backend.assert_close(out, seed(q, k, neg, t, reduction, mode, dtype), **tol)
 
 
 @pytest.mark.parametrize("n, d", [(1, 1), (512, 512), (300, 7)])
@@ -70,18 +68,15 @@ def test_extreme_shapes_match_seed(backend, n, d):
     rng = np.random.default_rng(n + d)
     q, k, neg = rng.normal(size=(3, n, d)).astype(np.float32)
     for negatives, mode in ((None, "unpaired"), (neg, "unpaired"), (neg[:, None, :], "paired")):
-        args = [backend.asarray(a) for a in (q, k)] + [
-            None if negatives is None else backend.asarray(negatives)
-        ]
-        got = backend.to_numpy(info_nce(*args, negative_mode=mode, reduction="none"))
-        np.testing.assert_allclose(
+        got = info_nce(*backend.asarrays(q, k, negatives), negative_mode=mode, reduction="none")
+        backend.assert_close(
             got, seed(q, k, negatives, 0.1, "none", mode, "float32"), rtol=1e-5, atol=2e-5
         )
 
 
 def test_result_is_an_array_of_the_input_namespace(backend):
     rng = np.random.default_rng(0)
-    q, k = (backend.asarray(a) for a in rng.normal(size=(2, 8, 4)))
+    q, k = backend.asarrays(*rng.normal(size=(2, 8, 4)))
     for reduction, shape in (("mean", ()), ("sum", ()), ("none", (8,))):
         out = info_nce(q, k, reduction=reduction)
         assert type(out) is type(q)
@@ -94,11 +89,9 @@ def test_result_is_an_array_of_the_input_namespace(backend):
 def test_mixed_precision_promotes(backend):
     rng = np.random.default_rng(1)
     q, k = rng.normal(size=(2, 6, 3))
-    out = info_nce(backend.asarray(q.astype(np.float32)), backend.asarray(k))
-    assert backend.to_numpy(out).dtype == np.float64
-    np.testing.assert_allclose(
-        backend.to_numpy(out), reference_rows(q.astype(np.float32), k).mean(), rtol=1e-12
-    )
+    out = info_nce(*backend.asarrays(q.astype(np.float32), k))
+    # a float64 result, of the float64 reference's value
+    backend.assert_close(out, reference_rows(q.astype(np.float32), k).mean(), rtol=1e-12)
 
 
 # Properties -----------------------------------------------------------------------------
@@ -112,13 +105,9 @@ def test_scale_invariance_of_each_row(backend, problem, data):
         None if a is None else a * rng.uniform(0.1, 10.0, size=(*a.shape[:-1], 1))
         for a in (q, k, neg)
     ]
-    base = info_nce(
-        *[None if a is None else backend.asarray(a) for a in (q, k, neg)], t, "none", mode
-    )
-    other = info_nce(*[None if a is None else backend.asarray(a) for a in scaled], t, "none", mode)
-    np.testing.assert_allclose(
-        backend.to_numpy(base), backend.to_numpy(other), rtol=1e-9, atol=1e-9
-    )
+    base = info_nce(*backend.asarrays(q, k, neg), t, "none", mode)
+    other = info_nce(*backend.asarrays(*scaled), t, "none", mode)
+    backend.assert_close(base, other, rtol=1e-9, atol=1e-9)
 
 
 @given(problem=problems(max_n=16, max_d=8), data=st.data())
@@ -126,39 +115,29 @@ def test_permutation_equivariance(backend, problem, data):
     q, k, neg, t, mode = problem
     perm = np.asarray(data.draw(st.permutations(range(len(q)))))
     permuted_neg = neg[perm] if mode == "paired" else neg
-    base = backend.to_numpy(
-        info_nce(*[None if a is None else backend.asarray(a) for a in (q, k, neg)], t, "none", mode)
-    )
-    other = info_nce(
-        *[None if a is None else backend.asarray(a) for a in (q[perm], k[perm], permuted_neg)],
-        t,
-        "none",
-        mode,
-    )
-    np.testing.assert_allclose(backend.to_numpy(other), base[perm], rtol=1e-10, atol=1e-12)
+    base = backend.to_numpy(info_nce(*backend.asarrays(q, k, neg), t, "none", mode))
+    other = info_nce(*backend.asarrays(q[perm], k[perm], permuted_neg), t, "none", mode)
+    backend.assert_close(other, base[perm], rtol=1e-10, atol=1e-12)
 
 
 @given(problem=problems(max_n=16, max_d=8))
 def test_reductions_and_positivity(backend, problem):
     q, k, neg, t, mode = problem
-    args = [None if a is None else backend.asarray(a) for a in (q, k, neg)]
+    args = backend.asarrays(q, k, neg)
     rows = backend.to_numpy(info_nce(*args, t, "none", mode))
-    total = backend.to_numpy(info_nce(*args, t, "sum", mode))
-    mean = backend.to_numpy(info_nce(*args, t, "mean", mode))
+    total = info_nce(*args, t, "sum", mode)
+    mean = info_nce(*args, t, "mean", mode)
     assert np.all(rows >= 0)
-    np.testing.assert_allclose(mean, total / len(q), rtol=1e-12)
-    np.testing.assert_allclose(total, rows.sum(), rtol=1e-12)
+    backend.assert_close(mean, backend.to_numpy(total) / len(q), rtol=1e-12)
+    backend.assert_close(total, rows.sum(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("n", [1, 2, 17])
 def test_identical_embeddings_give_log_n(backend, n):
     x = backend.asarray(np.ones((n, 5)))
     for symmetric in (False, True):
-        np.testing.assert_allclose(
-            backend.to_numpy(info_nce(x, x, symmetric=symmetric)),
-            math.log(n),
-            rtol=1e-12,
-            atol=1e-15,
+        backend.assert_close(
+            info_nce(x, x, symmetric=symmetric), math.log(n), rtol=1e-12, atol=1e-15
         )
 
 
@@ -176,25 +155,24 @@ def test_half_precision_accumulates_in_float32(backend, dtype, temperature, mode
         "unpaired": rng.normal(size=(40, 32)),
         "paired": rng.normal(size=(64, 5, 32)),
     }[mode]
-    arrays = [None if a is None else backend.asarray(a, dtype) for a in (q, k, neg)]
+    arrays = backend.asarrays(q, k, neg, dtype=dtype)
     rounded = [None if a is None else backend.to_numpy(a).astype(np.float64) for a in arrays]
     out = info_nce(*arrays, temperature, "none", "paired" if mode == "paired" else "unpaired")
-    assert str(out.dtype).endswith(dtype)
     ref = reference_rows(*rounded, temperature, "paired" if mode == "paired" else "unpaired")
-    got = backend.to_numpy(out).astype(np.float64)
-    assert np.all(np.abs(got - ref) <= 1e-2 * np.abs(ref) + 1e-7)
+    # |got - ref| <= 1e-2 |ref| + 1e-7, in float64, with the result still in `dtype`
+    backend.assert_close(out, ref, rtol=1e-2, atol=1e-7, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_near_perfect_batch_keeps_its_tiny_loss(backend, dtype):
     """The seed returns exactly 0.0 here in half precision; the true loss is a few 1e-6."""
     x = np.eye(8, 16)
-    arrays = [backend.asarray(x, dtype)] * 2
+    arrays = backend.asarrays(x, x, dtype=dtype)
     for chunk_size in (None, 3):
-        got = float(backend.to_numpy(info_nce(*arrays, temperature=0.07, chunk_size=chunk_size)))
-        ref = float(reference_rows(x, x, temperature=0.07).mean())
+        got = info_nce(*arrays, temperature=0.07, chunk_size=chunk_size)
+        ref = reference_rows(x, x, temperature=0.07).mean()
         assert 1e-6 < ref < 1e-5
-        assert abs(got - ref) <= 1e-2 * ref + 1e-7
+        backend.assert_close(got, ref, rtol=1e-2, atol=1e-7, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
@@ -206,11 +184,7 @@ def test_zero_rows_give_finite_loss_and_gradients(backend, dtype, where):
     for negatives in (None, data["negative_keys"]):
         if negatives is None and where == "negative_keys":
             continue
-        arrays = [
-            backend.asarray(data["query"], dtype),
-            backend.asarray(data["positive_key"], dtype),
-        ]
-        arrays.append(None if negatives is None else backend.asarray(negatives, dtype))
+        arrays = backend.asarrays(data["query"], data["positive_key"], negatives, dtype=dtype)
         loss, grads = infonce_xp.info_nce_value_and_grad(*arrays)
         assert np.isfinite(backend.to_numpy(loss))
         for g in grads[:3]:
@@ -218,7 +192,7 @@ def test_zero_rows_give_finite_loss_and_gradients(backend, dtype, where):
                 assert np.all(np.isfinite(backend.to_numpy(g).astype(np.float64)))
         if dtype == "float32":
             expected = seed(data["query"], data["positive_key"], negatives, dtype="float32")
-            np.testing.assert_allclose(backend.to_numpy(loss), expected, rtol=1e-5)
+            backend.assert_close(loss, expected, rtol=1e-5)
 
 
 # The class ---------------------------------------------------------------------------------
@@ -226,14 +200,10 @@ def test_zero_rows_give_finite_loss_and_gradients(backend, dtype, where):
 
 def test_class_calls_the_function(backend):
     rng = np.random.default_rng(6)
-    q, k = (backend.asarray(a) for a in rng.normal(size=(2, 10, 4)))
+    q, k = backend.asarrays(*rng.normal(size=(2, 10, 4)))
     neg = backend.asarray(rng.normal(size=(10, 3, 4)))
     loss_fn = InfoNCE(temperature=0.2, reduction="sum", negative_mode="paired")
-    np.testing.assert_allclose(
-        backend.to_numpy(loss_fn(q, k, neg)),
-        backend.to_numpy(info_nce(q, k, neg, 0.2, "sum", "paired")),
-        rtol=1e-14,
-    )
+    backend.assert_close(loss_fn(q, k, neg), info_nce(q, k, neg, 0.2, "sum", "paired"), rtol=1e-14)
     assert repr(loss_fn) == "InfoNCE(temperature=0.2, reduction='sum', negative_mode='paired')"
     assert repr(InfoNCE(symmetric=True, chunk_size=8)) == (
         "InfoNCE(temperature=0.1, reduction='mean', negative_mode='unpaired', symmetric=True, chunk_size=8)"

@@ -1,0 +1,187 @@
+"""The distributed cases, shared by the tests and their workers: inputs, reference, comparison.
+
+The test modules (``test_distributed_torch.py``, ``test_distributed_jax.py``) write the whole
+batch of every case (``write_inputs``) to a directory; the workers
+(``_distributed_torch_worker.py``, ``_distributed_jax_worker.py``) read it, each takes its
+block of rows (``local_block``) and saves its results there; the tests compare them with the
+seed on the whole batch (``reference``, ``compare``).
+
+How the numbers must relate, with W workers (the contract of ``gather``):
+
+- loss: the mean of the workers' losses ("mean"), their sum ("sum") or their rows one after
+  the other ("none") is the single-process loss;
+- input gradients: each worker's gradient of its own loss, divided by W as DDP averages it
+  (by 1 for "sum"/"none", whose single-process objective is the plain sum over workers), is the
+  single-process gradient of its rows; paired negatives stay local;
+- a learned temperature: the workers' gradients, summed and divided the same way (DDP's
+  average for "mean"), are the single-process gradient.
+
+Imports only NumPy at import time (the workers import it too); ``reference`` needs torch and
+the seed (``info-nce-pytorch``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROWS, DIM, UNPAIRED, PAIRED = 5, 8, 3, 4  # per worker: queries, features, negatives
+TEMPERATURE = 0.07
+INPUTS = ("query", "positive_key", "negative_keys")
+TORCH_WORLDS, JAX_WORLDS = (2, 3), (2, 4)
+LOCAL = ("local", "local-novma", "pmap")  # JAX patterns that differentiate each device's own loss
+
+
+@dataclass(frozen=True)
+class Case:
+    negatives: str | None = None  # None (in-batch), "unpaired" or "paired"
+    symmetric: bool = False
+    chunk_size: int | None = None
+    learn: bool = False  # a temperature array whose gradient is checked
+    reduction: str = "mean"
+    api: str = "function"  # "function", "class", "value_and_grad" or "module" (torch only)
+    jax: tuple[str, ...] = ("reduced",)  # the JAX patterns (see _distributed_jax_worker.py)
+
+    def options(self) -> dict[str, Any]:
+        """The loss's keyword options for this case."""
+        return {
+            "reduction": self.reduction,
+            "negative_mode": self.negatives or "unpaired",
+            "symmetric": self.symmetric,
+            "chunk_size": self.chunk_size,
+        }
+
+
+# chunk_size 2 or 3 with 5 rows per worker: blocks straddle the workers' boundaries, the last
+# block is padded, and a worker's positives start inside a block.
+CASES = {
+    "in-batch": Case(jax=("reduced", "local", "local-novma", "pmap")),
+    "in-batch-none": Case(reduction="none", jax=("reduced", "local")),
+    "in-batch-sum": Case(reduction="sum", learn=True),
+    "unpaired": Case("unpaired", jax=()),  # JAX: see the learned variants
+    "paired": Case("paired", jax=()),
+    "symmetric": Case(symmetric=True, jax=("reduced", "pmap")),
+    "learned": Case(learn=True, jax=("reduced", "local", "local-novma", "pmap")),
+    "unpaired-learned": Case("unpaired", learn=True),
+    "paired-learned": Case("paired", learn=True),
+    "symmetric-learned": Case(symmetric=True, learn=True, jax=("reduced", "local-novma")),
+    "chunked": Case(chunk_size=3, learn=True),
+    "chunked-symmetric": Case(
+        symmetric=True, chunk_size=3, learn=True, jax=("reduced", "local-novma")
+    ),
+    "chunked-unpaired": Case("unpaired", chunk_size=2, learn=True),
+    "chunked-paired": Case("paired", chunk_size=2, learn=True),
+    "chunked-none": Case(symmetric=True, chunk_size=3, reduction="none", learn=True),
+    "class": Case(symmetric=True, learn=True, api="class"),
+    "value-and-grad": Case(
+        "unpaired", learn=True, api="value_and_grad", jax=("local", "local-novma")
+    ),
+    "value-and-grad-symmetric": Case(
+        symmetric=True, chunk_size=3, api="value_and_grad", jax=("local",)
+    ),
+    "module": Case(symmetric=True, api="module", jax=()),
+}
+
+
+def key(world: int, name: str) -> str:
+    return f"{world}/{name}"
+
+
+def make_inputs() -> dict[str, np.ndarray]:
+    """Every case for every world size: the whole batch, float64, of W * ROWS queries."""
+    rng = np.random.default_rng(20240607)
+    inputs = {}
+    for world in sorted({*TORCH_WORLDS, *JAX_WORLDS}):
+        n = world * ROWS
+        for name, case in CASES.items():
+            k = key(world, name)
+            query = inputs[f"{k}/query"] = rng.normal(size=(n, DIM))
+            # keys correlated with their queries, so that the loss is not flat
+            inputs[f"{k}/positive_key"] = query + 0.5 * rng.normal(size=(n, DIM))
+            if case.negatives == "unpaired":
+                inputs[f"{k}/negative_keys"] = rng.normal(size=(world * UNPAIRED, DIM))
+            elif case.negatives == "paired":
+                inputs[f"{k}/negative_keys"] = rng.normal(size=(n, PAIRED, DIM))
+            if case.reduction == "none":
+                inputs[f"{k}/grad_output"] = rng.uniform(0.5, 1.5, size=n)
+            inputs[f"{k}/temperature"] = np.asarray(TEMPERATURE)
+    return inputs
+
+
+def write_inputs(directory: Path) -> dict[str, np.ndarray]:
+    inputs = make_inputs()
+    np.savez(directory / "inputs.npz", **inputs)
+    return inputs
+
+
+def read_inputs(directory: Path) -> dict[str, np.ndarray]:
+    with np.load(directory / "inputs.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def local_block(
+    inputs: dict[str, np.ndarray], k: str, rank: int, world: int
+) -> dict[str, np.ndarray]:
+    """This worker's rows: of the queries, their keys and paired negatives, and of unpaired negatives."""
+    out = {}
+    for field in (*INPUTS, "grad_output"):
+        full = inputs.get(f"{k}/{field}")
+        if full is None:
+            continue
+        rows = full.shape[0] // world
+        out[field] = full[rank * rows : (rank + 1) * rows]
+    out["temperature"] = inputs[f"{k}/temperature"]
+    return out
+
+
+def reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[str, np.ndarray]:
+    """The seed (info-nce-pytorch) on the whole batch: loss and float64 autograd gradients."""
+    import torch
+    from info_nce import info_nce as seed
+
+    tensors = {
+        n: torch.tensor(inputs[f"{k}/{n}"], requires_grad=True)
+        for n in INPUTS
+        if f"{k}/{n}" in inputs
+    }
+    leaf = None
+    temperature: Any = TEMPERATURE
+    if case.api == "module":
+        # the module's parameter is float32 (torch's default), then .double() in the worker
+        leaf = torch.tensor(math.log(1 / TEMPERATURE)).double().requires_grad_()
+        temperature = torch.exp(-leaf)
+    elif case.learn:
+        leaf = temperature = torch.tensor(TEMPERATURE, dtype=torch.float64, requires_grad=True)
+    q, p, neg = tensors["query"], tensors["positive_key"], tensors.get("negative_keys")
+    options = {"temperature": temperature, "reduction": case.reduction}
+    if case.symmetric:
+        loss = (seed(q, p, **options) + seed(p, q, **options)) / 2
+    else:
+        loss = seed(q, p, neg, negative_mode=case.negatives or "unpaired", **options)
+    grad_output = inputs.get(f"{k}/grad_output")
+    (loss * (1.0 if grad_output is None else torch.tensor(grad_output))).sum().backward()
+    out = {"loss": loss.detach().numpy()}
+    out.update({n: t.grad.numpy() for n, t in tensors.items()})
+    if leaf is not None:
+        out["log_inverse_temperature" if case.api == "module" else "temperature"] = (
+            leaf.grad.numpy()
+        )
+    return out
+
+
+def compare(case: Case, got: dict[str, Any], want: dict[str, np.ndarray], scale: float) -> None:
+    """``got``: the workers' losses (stacked or concatenated), the concatenated input gradients and
+    the summed temperature gradient; ``scale``: what the gradients are divided by."""
+    tol = {"rtol": 1e-9, "atol": 1e-11}
+    reduce = {"mean": np.mean, "sum": np.sum, "none": np.asarray}[case.reduction]
+    np.testing.assert_allclose(reduce(got["loss"]), want["loss"], **tol, err_msg="loss")
+    for name, expected in want.items():
+        if name != "loss":
+            assert name in got, f"no gradient for {name}"
+            np.testing.assert_allclose(
+                got[name] / scale, expected, **tol, err_msg=f"gradient of {name}"
+            )
