@@ -123,6 +123,7 @@ def test_unclear_arguments_are_named(kwargs, error, words):
         assert word in str(info.value), (word, str(info.value))
 
 
+@pytest.mark.backends("torch")
 def test_grad_output_of_another_library_is_named():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"grad_output.*library.*torch"):
@@ -136,6 +137,7 @@ def test_unknown_keywords_are_named():
         InfoNCE(symetric=True)
 
 
+@pytest.mark.backends("jax")
 def test_jax_hessian_matches_naive_autodiff():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
@@ -158,6 +160,7 @@ def test_jax_hessian_matches_naive_autodiff():
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.backends("jax")
 def test_a_traced_temperature_is_not_read():
     jax = pytest.importorskip("jax")
     q, k = jax.numpy.asarray(Q), jax.numpy.asarray(K)

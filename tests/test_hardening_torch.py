@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 seed_module = pytest.importorskip("info_nce")
+pytestmark = pytest.mark.backends("torch")
 
 import infonce_xp  # noqa: E402
 from infonce_xp import info_nce  # noqa: E402
