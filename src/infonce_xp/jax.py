@@ -10,8 +10,9 @@ import jax
 
 from . import _engine, _loss
 from ._arrays import array_namespace
+from ._jax_grad_cache import grad_cache
 
-__all__ = ["AllGather", "all_gather"]
+__all__ = ["AllGather", "all_gather", "grad_cache"]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -10,8 +10,9 @@ import torch.distributed as dist
 from torch import nn
 
 from . import _engine, _loss
+from ._torch_grad_cache import grad_cache
 
-__all__ = ["AllGather", "InfoNCE", "all_gather"]
+__all__ = ["AllGather", "InfoNCE", "all_gather", "grad_cache"]
 
 MIN_TEMPERATURE = 0.01  # CLIP's bound on a learned temperature (logit scale <= 100)
 
