@@ -69,7 +69,7 @@ def step(method: str, encoder: Any, views: Any, optimizer: Any) -> float:
         chunk = None if method == "grad_cache_untiled" else CHUNK
         loss = grad_cache(encode, views, InfoNCE(chunk_size=chunk), micro_batch=MICRO_BATCH)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def child_memory(method: str, batch: int, threads: int) -> dict[str, float]:
