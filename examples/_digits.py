@@ -36,6 +36,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     out.add_argument("--mask", type=float, default=0.0, help="fraction of pixels dropped (masking)")
     out.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian noise")
     out.add_argument("--seed", type=int, default=0)
+    out.add_argument(
+        "--micro-batch",
+        type=int,
+        metavar="N",
+        help="encode N images at a time with grad_cache (same gradients, less memory)",
+    )
     out.add_argument("--plot", metavar="PATH", help="save the loss curve as a PNG here")
     return out
 
@@ -52,6 +58,8 @@ def steps_per_epoch(cli: argparse.ArgumentParser, args: argparse.Namespace, n: i
     steps = n // args.batch_size
     if args.epochs < 1 or steps < 1:
         cli.error(f"need --epochs >= 1 and --batch-size <= {n} (the training images)")
+    if args.micro_batch is not None and args.micro_batch < 1:
+        cli.error(f"--micro-batch must be a positive int; got {args.micro_batch}")
     return steps
 
 

@@ -10,7 +10,11 @@ on the training split, on the test images as they are and moved by one pixel, an
 the same classifier on raw pixels (also with 8 shifted copies of each training image added) and
 on an untrained encoder.
 
-Run:  python examples/train_jax.py [--epochs 100] [--plot loss.png]
+With ``--micro-batch N`` each step encodes the batch N images at a time through
+``infonce_xp.jax.grad_cache`` (a ``lax.scan`` over micro-batches): the same gradients, with the
+encoder's residuals held for N images instead of the whole batch.
+
+Run:  python examples/train_jax.py [--epochs 100] [--micro-batch 64] [--plot loss.png]
 Needs: jax, optax, scikit-learn, infonce_xp (and matplotlib for --plot); ``_digits.py`` beside
 it.
 """
@@ -29,6 +33,7 @@ import numpy as np
 import optax
 
 from infonce_xp import info_nce
+from infonce_xp.jax import grad_cache
 
 MIN_TEMPERATURE = 0.01  # as infonce_xp.torch.InfoNCE(learn_temperature=True): logit scale <= 100
 
@@ -102,13 +107,41 @@ def temperature_of(params: dict, fixed: float) -> jax.Array | float:
     return jnp.exp(-jnp.minimum(params["log_inverse_temperature"], bound))
 
 
-def loss_fn(params: dict, key: jax.Array, batch: jax.Array, args: argparse.Namespace) -> jax.Array:
+def views_of(key: jax.Array, batch: jax.Array, args: argparse.Namespace) -> tuple[jax.Array, ...]:
     k_query, k_positive = jax.random.split(key)
-    query = project(params, augment(k_query, batch, args.mask, args.noise))
-    positive = project(params, augment(k_positive, batch, args.mask, args.noise))
-    return info_nce(
-        query, positive, temperature=temperature_of(params, args.temperature), symmetric=True
+    return tuple(augment(k, batch, args.mask, args.noise) for k in (k_query, k_positive))
+
+
+def encode_views(params: dict, views: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    return tuple(project(params, v) for v in views)  # query, positive key
+
+
+def contrastive(params: dict, query: jax.Array, positive: jax.Array, fixed: float) -> jax.Array:
+    return info_nce(query, positive, temperature=temperature_of(params, fixed), symmetric=True)
+
+
+def loss_fn(params: dict, key: jax.Array, batch: jax.Array, args: argparse.Namespace) -> jax.Array:
+    query, positive = encode_views(params, views_of(key, batch, args))
+    return contrastive(params, query, positive, args.temperature)
+
+
+def cached_loss_and_grad(
+    params: dict, key: jax.Array, batch: jax.Array, args: argparse.Namespace
+) -> tuple[jax.Array, dict]:
+    """``jax.value_and_grad(loss_fn)`` through ``grad_cache``, ``args.micro_batch`` rows at a time.
+
+    The whole tree goes to the encoder and to the loss (for a learned temperature); each part
+    gets zeros for what it does not use, so the sum is the full gradient.
+    """
+    loss, (grads, loss_grads) = grad_cache(
+        encode_views,
+        params,
+        views_of(key, batch, args),
+        partial(contrastive, fixed=args.temperature),
+        args.micro_batch,
+        loss_params=params,
     )
+    return loss, jax.tree_util.tree_map(jnp.add, grads, loss_grads)
 
 
 def move(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
@@ -140,7 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     @partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params: dict, opt_state: optax.OptState, key: jax.Array, batch: jax.Array):
-        loss, grads = jax.value_and_grad(loss_fn)(params, key, batch, args)
+        if args.micro_batch:
+            loss, grads = cached_loss_and_grad(params, key, batch, args)
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(params, key, batch, args)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

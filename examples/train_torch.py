@@ -8,7 +8,11 @@ training split, on the test images as they are and moved by one pixel, and compa
 same classifier on raw pixels (also with 8 shifted copies of each training image added) and on
 an untrained encoder.
 
-Run:  python examples/train_torch.py [--epochs 100] [--plot loss.png]
+With ``--micro-batch N`` each step encodes the batch N images at a time through
+``infonce_xp.torch.grad_cache``: the same gradients, with the encoder's activations held for N
+images instead of the whole batch.
+
+Run:  python examples/train_torch.py [--epochs 100] [--micro-batch 64] [--plot loss.png]
 Needs: torch, scikit-learn, infonce_xp (and matplotlib for --plot); ``_digits.py`` beside it.
 """
 
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from infonce_xp.torch import InfoNCE
+from infonce_xp.torch import InfoNCE, grad_cache
 
 
 def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -101,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         temperature=args.temperature, symmetric=True, learn_temperature=args.learn_temperature
     )
     tests, results = _digits.baselines(data, args.seed, move, lambda x: embed(encoder, x))
+
+    def encode(views: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return head(encoder(views[0])), head(encoder(views[1]))  # query, positive key
+
     parameters = [*encoder.parameters(), *head.parameters(), *loss_fn.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=args.lr)
 
@@ -110,11 +118,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         order = torch.randperm(len(train), generator=generator)
         for step in range(steps_per_epoch):
             batch = train[order[step * args.batch_size : (step + 1) * args.batch_size]]
-            query = head(encoder(augment(batch, generator, args)))
-            positive = head(encoder(augment(batch, generator, args)))
-            loss = loss_fn(query, positive)
+            views = (augment(batch, generator, args), augment(batch, generator, args))
             optimizer.zero_grad()
-            loss.backward()
+            if args.micro_batch:  # the views are drawn before: grad_cache encodes them twice
+                loss = grad_cache(encode, views, loss_fn, args.micro_batch)
+            else:
+                loss = loss_fn(*encode(views))
+                loss.backward()
             optimizer.step()
             losses.append(loss.item())
     train_time = time.perf_counter() - start

@@ -7,7 +7,9 @@ from typing import Any
 
 import jax
 
-__all__ = ["AllGather", "all_gather"]
+from ._jax_grad_cache import grad_cache
+
+__all__ = ["AllGather", "all_gather", "grad_cache"]
 
 
 @dataclass(frozen=True)

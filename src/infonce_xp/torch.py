@@ -12,8 +12,9 @@ from torch import nn
 from ._call import check_call
 from ._dispatch import evaluate
 from ._options import Options, option_attributes, with_options
+from ._torch_grad_cache import grad_cache
 
-__all__ = ["AllGather", "InfoNCE", "all_gather"]
+__all__ = ["AllGather", "InfoNCE", "all_gather", "grad_cache"]
 
 MIN_TEMPERATURE = 0.01  # CLIP's bound on a learned temperature (logit scale <= 100)
 

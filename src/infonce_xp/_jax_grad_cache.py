@@ -1,0 +1,234 @@
+"""Gradient caching for JAX: a loss over a batch whose encoder activations do not fit at once.
+
+Imports nothing else from ``infonce_xp``: it only calls the user's ``encode`` and ``loss_fn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["grad_cache"]
+
+_NO_PARAMS = object()
+
+
+def grad_cache(
+    encode: Callable[[Any, Any], Any],
+    params: Any,
+    inputs: Any,
+    loss_fn: Callable[..., Any],
+    micro_batch: int,
+    *,
+    loss_params: Any = _NO_PARAMS,
+) -> tuple[jax.Array, Any]:
+    """The loss over a whole batch and its gradient, encoding the batch a micro-batch at a time.
+
+    Gradient caching (Gao et al., 2021, arXiv:2101.06983): (1) embed the batch in micro-batches
+    without keeping what their gradient needs; (2) compute the loss of all the embeddings and
+    the gradient of every embedding, in one ``jax.value_and_grad`` of ``loss_fn``; (3) for each
+    micro-batch, ``jax.vjp`` of ``encode`` with its rows of that gradient, summed over the
+    micro-batches. The result equals ``jax.value_and_grad`` of
+    ``lambda p: loss_fn(*encode(p, inputs))`` (to floating-point round-off), with the encoder's
+    residuals held for one micro-batch at a time.
+
+    Functional and ``jax.jit``-able. Both loops are ``jax.lax.map``/``jax.lax.scan`` over the
+    micro-batches that fill ``micro_batch`` rows, so the traced program does not grow with
+    their number; a remainder (when ``micro_batch`` does not divide the batch) is encoded by
+    one more call, without padding.
+
+    Parameters
+    ----------
+    encode : callable
+        ``encode(params, batch)`` maps a micro-batch of ``inputs`` (the same structure, fewer
+        rows) to the embeddings: an array (one tower) or a tuple of arrays (one per tower,
+        e.g. ``(query, key)``), each with one row per input row.
+    params : pytree
+        The encoder's parameters: what the gradient is taken with respect to.
+    inputs : pytree
+        The whole batch: a pytree (array, tuple, list, dict, ...) whose arrays all share the
+        batch axis 0. Its shapes must be static (they are under ``jax.jit``).
+    loss_fn : callable
+        ``loss_fn(*embeddings)`` returns the 0-D loss of the whole batch's embeddings, e.g.
+        ``functools.partial(infonce_xp.info_nce, symmetric=True, chunk_size=1024)``, or any
+        function. With ``loss_params``, ``loss_fn(loss_params, *embeddings)``.
+    micro_batch : int
+        Rows per micro-batch (a Python int; the last one may be smaller): the memory of the
+        encoder's residuals scales with it.
+    loss_params : pytree, optional
+        Parameters of the loss itself, such as a learned temperature. When given, they are
+        passed to ``loss_fn`` first and their gradient is returned too.
+
+    Returns
+    -------
+    loss : jax.Array
+        The 0-D loss.
+    grads : pytree
+        The gradient with respect to ``params``, in its structure; with ``loss_params``, the
+        pair ``(params_grads, loss_params_grads)``.
+
+    Raises
+    ------
+    TypeError
+        If ``micro_batch`` is not an int, ``encode`` returns something other than arrays, or
+        ``loss_fn`` returns no array.
+    ValueError
+        If ``micro_batch`` is not positive, the batch is empty, the arrays of ``inputs``
+        differ in their number of rows, ``encode`` returns the wrong number of rows, or
+        ``loss_fn`` returns no 0-D floating-point array.
+
+    Notes
+    -----
+    To learn a temperature, pass it as (or inside) ``loss_params``: it does not go through
+    ``encode``. Random numbers inside ``encode`` (dropout) must come from keys in ``inputs``
+    or ``params``, so that both passes see the same ones; data augmentation is cheaper drawn
+    once, before the call.
+
+    Examples
+    --------
+    >>> import functools, jax, jax.numpy as jnp
+    >>> from infonce_xp import info_nce
+    >>> from infonce_xp.jax import grad_cache
+    >>> def encode(w, views):  # one linear tower, shared by both views
+    ...     return views["a"] @ w, views["b"] @ w
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> w = jax.random.normal(k1, (16, 8))
+    >>> views = {"a": jax.random.normal(k2, (100, 16)), "b": jax.random.normal(k3, (100, 16))}
+    >>> loss_fn = functools.partial(info_nce, symmetric=True, chunk_size=32)
+    >>> step = jax.jit(grad_cache, static_argnums=(0, 3, 4))
+    >>> loss, grad = step(encode, w, views, loss_fn, 32)  # 3 micro-batches of 32, then 4 rows
+    >>> full_loss, full_grad = jax.value_and_grad(lambda w: loss_fn(*encode(w, views)))(w)
+    >>> bool(jnp.allclose(loss, full_loss)), bool(jnp.allclose(grad, full_grad, atol=1e-6))
+    (True, True)
+    """
+    with_loss_params = loss_params is not _NO_PARAMS
+    rows = _check(inputs, micro_batch)
+    full, rest = divmod(rows, micro_batch)
+    split = full * micro_batch
+
+    def blocks(tree: Any) -> Any:  # the first ``split`` rows as (full, micro_batch, ...) blocks
+        return jax.tree_util.tree_map(
+            lambda x: jnp.reshape(x[:split], (full, micro_batch, *x.shape[1:])), tree
+        )
+
+    def tail(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: x[split:], tree)
+
+    def run(p: Any, batch: Any, size: int) -> tuple[Any, ...]:
+        return _embeddings(encode(p, batch), size)
+
+    # (1) embeddings, micro-batch by micro-batch; nothing of the forward is kept for (3)
+    parts: list[tuple[Any, ...]] = []
+    if full:
+        stacked = jax.lax.map(lambda b: run(params, b, micro_batch), blocks(inputs))
+        parts.append(tuple(jnp.reshape(e, (split, *e.shape[2:])) for e in stacked))
+    if rest:
+        parts.append(run(params, tail(inputs), rest))
+    _check_towers(parts)
+    embeddings = (
+        tuple(jnp.concatenate(tower) for tower in zip(*parts)) if full and rest else parts[0]
+    )
+
+    # (2) the loss and the gradient of every embedding (and of the loss's own parameters)
+    def loss_of(lp: Any, *es: Any) -> Any:
+        loss = loss_fn(lp, *es) if with_loss_params else loss_fn(*es)
+        _check_loss(loss)
+        return loss
+
+    argnums = tuple(range(len(embeddings) + 1))
+    loss, cotangents = jax.value_and_grad(loss_of, argnums=argnums)(
+        loss_params if with_loss_params else None, *embeddings
+    )
+    loss_grads, cotangents = cotangents[0], cotangents[1:]
+    cotangents = tuple(c.astype(e.dtype) for c, e in zip(cotangents, embeddings))
+
+    # (3) the parameters' gradient: each micro-batch's vjp with its rows of the cotangents
+    def pull(batch: Any, cotangent: tuple[Any, ...], size: int) -> Any:
+        _, vjp = jax.vjp(lambda p: run(p, batch, size), params)
+        (grad,) = vjp(cotangent)
+        return grad
+
+    grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    if full:
+
+        def step(total: Any, block: tuple[Any, tuple[Any, ...]]) -> tuple[Any, None]:
+            grad = pull(*block, micro_batch)
+            return jax.tree_util.tree_map(jnp.add, total, grad), None
+
+        grads, _ = jax.lax.scan(step, grads, (blocks(inputs), blocks(cotangents)))
+    if rest:
+        grad = pull(tail(inputs), tail(cotangents), rest)
+        grads = jax.tree_util.tree_map(jnp.add, grads, grad)
+    return loss, ((grads, loss_grads) if with_loss_params else grads)
+
+
+def _check(inputs: Any, micro_batch: Any) -> int:
+    """The batch size, after checking ``micro_batch`` and that the leaves share it."""
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int):
+        raise TypeError(
+            f"micro_batch must be a positive Python int (static under jax.jit); got {micro_batch!r}"
+        )
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch must be a positive int; got {micro_batch}")
+    leaves, _ = jax.tree_util.tree_flatten_with_path(inputs)
+    if not leaves:
+        raise ValueError("inputs must hold at least one array; got none")
+    sizes = {}
+    for path, leaf in leaves:
+        name = "inputs" + jax.tree_util.keystr(path)
+        shape = jnp.shape(leaf)
+        if not shape:
+            raise ValueError(f"every array of inputs needs a batch axis 0; {name} is 0-D")
+        sizes[name] = shape[0]
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{name}: {size}" for name, size in sizes.items())
+        raise ValueError(f"the arrays of inputs must share their number of rows; got {shown}")
+    rows = next(iter(sizes.values()))
+    if rows == 0:
+        raise ValueError("inputs must hold a non-empty batch; got 0 rows")
+    return int(rows)
+
+
+def _embeddings(out: Any, rows: int) -> tuple[Any, ...]:
+    """``encode``'s result as a tuple of arrays, after checking it."""
+    out = (out,) if isinstance(out, jax.Array) else out
+    if not isinstance(out, (tuple, list)) or not all(isinstance(e, jax.Array) for e in out):
+        raise TypeError(
+            "encode must return an array or a tuple of arrays (one per tower); "
+            f"got {_describe(out)}"
+        )
+    shapes = [tuple(e.shape) for e in out]
+    if not out or any(len(s) == 0 or s[0] != rows for s in shapes):
+        raise ValueError(
+            f"encode must return one row per input row: {rows} rows for a micro-batch of "
+            f"{rows}; got shapes {shapes}"
+        )
+    return tuple(out)
+
+
+def _check_towers(parts: list[tuple[Any, ...]]) -> None:
+    counts = [len(part) for part in parts]
+    if len(set(counts)) > 1:
+        raise ValueError(
+            "encode must return the same number of arrays for every micro-batch; got "
+            f"{counts[0]} then {counts[1]}"
+        )
+
+
+def _check_loss(loss: Any) -> None:
+    if not isinstance(loss, jax.Array):
+        raise TypeError(f"loss_fn must return a 0-D array; got {_describe(loss)}")
+    if loss.ndim != 0 or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(
+            "loss_fn must return a 0-D floating-point array (a scalar loss, e.g. "
+            f"reduction='mean'); got shape {loss.shape} and dtype {loss.dtype}"
+        )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"
