@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,9 @@ def run_python(
 
 def _tails(stdout: str, stderr: str) -> str:
     return f"--- stdout (end) ---\n{stdout[-TAIL:]}\n--- stderr (end) ---\n{stderr[-TAIL:]}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

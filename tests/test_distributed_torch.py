@@ -9,7 +9,6 @@ the concatenated batch, as ``_distributed_cases.py`` says the numbers must relat
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 import infonce_xp
 from _distributed_cases import CASES, INPUTS, TORCH_WORLDS, compare, key, reference, write_inputs
-from _subprocess import run_python
+from _subprocess import free_port, run_python
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_distributed_torch_worker.py"
@@ -41,12 +40,6 @@ def torch_distributed() -> None:
 def inputs_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     directory = tmp_path_factory.mktemp("distributed-torch")
     return directory, write_inputs(directory)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", params=TORCH_WORLDS, ids=lambda w: f"{w}procs")
