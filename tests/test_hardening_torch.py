@@ -99,16 +99,21 @@ def test_double_backward_through_the_learned_temperature_module():
     torch.testing.assert_close(dt, -0.2 * dt_seed, rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("chunk_size", [None, 4])
-def test_autocast_matches_the_seed(mode, chunk_size):
+def test_autocast_matches_the_seed(device, mode, chunk_size):
     """The standard AMP pattern: forward under autocast, backward outside it."""
-    q, k, neg, options = problem(mode, torch.float32)
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA autocast needs a CUDA device")
+    q, k, neg, options = (
+        x.to(device) if isinstance(x, torch.Tensor) else x for x in problem(mode, torch.float32)
+    )
     results = []
     for loss_fn in (info_nce, seed_loss):
         torch.manual_seed(0)
-        lin = torch.nn.Linear(5, 5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        lin = torch.nn.Linear(5, 5).to(device)
+        with torch.autocast(device, dtype=torch.bfloat16):
             kwargs = dict(options, chunk_size=chunk_size) if loss_fn is info_nce else options
             loss = loss_fn(lin(q), k, neg, **kwargs)
         loss.backward()
