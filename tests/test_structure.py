@@ -18,7 +18,7 @@ SRC = Path(infonce_xp.__file__).resolve().parent
 
 # Each module may import only modules of an earlier layer (imports inside functions included).
 LAYERS = [
-    ["_typing"],
+    ["_typing", "_micro_batches"],
     ["_arrays"],
     ["_core"],
     ["_tiled"],

@@ -1,6 +1,7 @@
 """Gradient caching for JAX: a loss over a batch whose encoder activations do not fit at once.
 
-Imports nothing else from ``infonce_xp``: it only calls the user's ``encode`` and ``loss_fn``.
+From ``infonce_xp`` it imports only the library-agnostic checks of ``_micro_batches``; it
+calls the user's ``encode`` and ``loss_fn``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from ._micro_batches import batch_size, check_micro_batch, check_rows, check_towers, describe
 
 __all__ = ["grad_cache"]
 
@@ -127,7 +130,7 @@ def grad_cache(
         parts.append(tuple(jnp.reshape(e, (split, *e.shape[2:])) for e in stacked))
     if rest:
         parts.append(run(params, tail(inputs), rest))
-    _check_towers(parts)
+    check_towers([len(part) for part in parts], "array")
     embeddings = (
         tuple(jnp.concatenate(tower) for tower in zip(*parts)) if full and rest else parts[0]
     )
@@ -167,29 +170,10 @@ def grad_cache(
 
 def _check(inputs: Any, micro_batch: Any) -> int:
     """The batch size, after checking ``micro_batch`` and that the leaves share it."""
-    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int):
-        raise TypeError(
-            f"micro_batch must be a positive Python int (static under jax.jit); got {micro_batch!r}"
-        )
-    if micro_batch < 1:
-        raise ValueError(f"micro_batch must be a positive int; got {micro_batch}")
+    check_micro_batch(micro_batch, expected="Python int (static under jax.jit)")
     leaves, _ = jax.tree_util.tree_flatten_with_path(inputs)
-    if not leaves:
-        raise ValueError("inputs must hold at least one array; got none")
-    sizes = {}
-    for path, leaf in leaves:
-        name = "inputs" + jax.tree_util.keystr(path)
-        shape = jnp.shape(leaf)
-        if not shape:
-            raise ValueError(f"every array of inputs needs a batch axis 0; {name} is 0-D")
-        sizes[name] = shape[0]
-    if len(set(sizes.values())) > 1:
-        shown = ", ".join(f"{name}: {size}" for name, size in sizes.items())
-        raise ValueError(f"the arrays of inputs must share their number of rows; got {shown}")
-    rows = next(iter(sizes.values()))
-    if rows == 0:
-        raise ValueError("inputs must hold a non-empty batch; got 0 rows")
-    return int(rows)
+    sizes = {"inputs" + jax.tree_util.keystr(path): jnp.shape(leaf) for path, leaf in leaves}
+    return batch_size(sizes, "array")
 
 
 def _embeddings(out: Any, rows: int) -> tuple[Any, ...]:
@@ -197,38 +181,17 @@ def _embeddings(out: Any, rows: int) -> tuple[Any, ...]:
     out = (out,) if isinstance(out, jax.Array) else out
     if not isinstance(out, (tuple, list)) or not all(isinstance(e, jax.Array) for e in out):
         raise TypeError(
-            "encode must return an array or a tuple of arrays (one per tower); "
-            f"got {_describe(out)}"
+            f"encode must return an array or a tuple of arrays (one per tower); got {describe(out)}"
         )
-    shapes = [tuple(e.shape) for e in out]
-    if not out or any(len(s) == 0 or s[0] != rows for s in shapes):
-        raise ValueError(
-            f"encode must return one row per input row: {rows} rows for a micro-batch of "
-            f"{rows}; got shapes {shapes}"
-        )
+    check_rows([tuple(e.shape) for e in out], rows)
     return tuple(out)
-
-
-def _check_towers(parts: list[tuple[Any, ...]]) -> None:
-    counts = [len(part) for part in parts]
-    if len(set(counts)) > 1:
-        raise ValueError(
-            "encode must return the same number of arrays for every micro-batch; got "
-            f"{counts[0]} then {counts[1]}"
-        )
 
 
 def _check_loss(loss: Any) -> None:
     if not isinstance(loss, jax.Array):
-        raise TypeError(f"loss_fn must return a 0-D array; got {_describe(loss)}")
+        raise TypeError(f"loss_fn must return a 0-D array; got {describe(loss)}")
     if loss.ndim != 0 or not jnp.issubdtype(loss.dtype, jnp.floating):
         raise ValueError(
             "loss_fn must return a 0-D floating-point array (a scalar loss, e.g. "
             f"reduction='mean'); got shape {loss.shape} and dtype {loss.dtype}"
         )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of ({', '.join(type(v).__name__ for v in value)})"
-    return f"a {type(value).__name__}"

@@ -1,6 +1,7 @@
 """Gradient caching for torch: a loss over a batch whose encoder activations do not fit at once.
 
-Imports nothing else from ``infonce_xp``: it only calls the user's ``encode`` and ``loss_fn``.
+From ``infonce_xp`` it imports only the library-agnostic checks of ``_micro_batches``; it
+calls the user's ``encode`` and ``loss_fn``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+from ._micro_batches import batch_size, check_micro_batch, check_rows, check_towers, describe
 
 __all__ = ["grad_cache"]
 
@@ -144,24 +147,9 @@ def grad_cache(
 
 def _check(inputs: Any, micro_batch: Any) -> int:
     """The batch size, after checking ``micro_batch`` and that the leaves share it."""
-    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int):
-        raise TypeError(f"micro_batch must be a positive int; got {micro_batch!r}")
-    if micro_batch < 1:
-        raise ValueError(f"micro_batch must be a positive int; got {micro_batch}")
-    leaves = list(_leaves(inputs, "inputs"))
-    if not leaves:
-        raise ValueError("inputs must hold at least one tensor; got none")
-    sizes = {path: x.shape[0] if x.ndim else None for path, x in leaves}
-    if None in sizes.values():
-        path = next(p for p, s in sizes.items() if s is None)
-        raise ValueError(f"every tensor of inputs needs a batch axis 0; {path} is 0-D")
-    if len(set(sizes.values())) > 1:
-        shown = ", ".join(f"{path}: {size}" for path, size in sizes.items())
-        raise ValueError(f"the tensors of inputs must share their number of rows; got {shown}")
-    rows = int(leaves[0][1].shape[0])
-    if rows == 0:
-        raise ValueError("inputs must hold a non-empty batch; got 0 rows")
-    return rows
+    check_micro_batch(micro_batch)
+    sizes = {path: tuple(x.shape) for path, x in _leaves(inputs, "inputs")}
+    return batch_size(sizes, "tensor")
 
 
 def _leaves(tree: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -197,25 +185,17 @@ def _embeddings(out: Any, rows: int, towers: int | None) -> tuple[torch.Tensor, 
     if not isinstance(out, (tuple, list)) or not all(isinstance(e, torch.Tensor) for e in out):
         raise TypeError(
             "encode must return a tensor or a tuple of tensors (one per tower); "
-            f"got {_describe(out)}"
+            f"got {describe(out)}"
         )
-    if towers is not None and len(out) != towers:
-        raise ValueError(
-            f"encode must return the same number of tensors for every micro-batch; got {towers} "
-            f"then {len(out)}"
-        )
-    shapes = [tuple(e.shape) for e in out]
-    if not out or any(len(s) == 0 or s[0] != rows for s in shapes):
-        raise ValueError(
-            f"encode must return one row per input row: {rows} rows for a micro-batch of "
-            f"{rows}; got shapes {shapes}"
-        )
+    if towers is not None:
+        check_towers([towers, len(out)], "tensor")
+    check_rows([tuple(e.shape) for e in out], rows)
     return tuple(out)
 
 
 def _check_loss(loss: Any) -> None:
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"loss_fn must return a 0-D tensor; got {_describe(loss)}")
+        raise TypeError(f"loss_fn must return a 0-D tensor; got {describe(loss)}")
     if loss.ndim != 0 or not loss.is_floating_point():
         raise ValueError(
             f"loss_fn must return a 0-D floating-point tensor (a scalar loss, e.g. "
@@ -226,12 +206,6 @@ def _check_loss(loss: Any) -> None:
             "loss_fn's result does not depend on the embeddings (it has no autograd graph): "
             "does loss_fn detach them or run under torch.no_grad()?"
         )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of ({', '.join(type(v).__name__ for v in value)})"
-    return f"a {type(value).__name__}"
 
 
 def _ddp_no_sync(encode: Any) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
