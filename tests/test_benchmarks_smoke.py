@@ -47,3 +47,25 @@ def test_quick_benchmark_runs_and_prints_tables(tmp_path: Path) -> None:
     assert report.read_text(encoding="utf-8") == out.rstrip("\n") + "\n"
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "_static" / "bench_memory.png").stat().st_size > 0
+
+
+def test_goals_are_checked_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from common import Section
+    from goals import Goal, check
+
+    section = Section("torch", "title", "intro")
+    section.measure("(32, 128)", "time xp / seed", 1.1)
+    section.measure("(32, 128)", "floor / seed", 0.4)
+    goals = [
+        Goal("torch", "(32, 128)", "time xp / seed", 1.2, least="floor / seed"),
+        Goal("torch", "(32, 128)", "time xp / seed", 1.0),
+        Goal("torch", "(64, 128)", "time xp / seed", 1.0),
+        Goal("numpy", "N=1024", "value_and_grad / info_nce", 1.5),  # its section did not run
+    ]
+    rows = check([section], goals)
+    assert rows == [
+        ["torch (32, 128): time xp / seed ≤ 1.2x", "1.10x", "0.40x", "3.00x", "2.75x", "met"],
+        ["torch (32, 128): time xp / seed ≤ 1x", "1.10x", "-", "-", "-", "**not met**"],
+        ["torch (64, 128): time xp / seed ≤ 1x", "not measured", "-", "-", "-", "-"],
+    ]
