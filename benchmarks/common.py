@@ -32,6 +32,14 @@ FULL: dict[str, Any] = {
     "tiled_ratio_size": (8192, 256),
     "tiled_ratio_budget_s": 60.0,
     "dense_limit_bytes": 16 * GiB,
+    # The per-call sweep (plotted) and the cases its goals name, timed alike.
+    "percall_dim": 128,
+    "percall_ns": [8, 32, 128, 512, 2048, 8192],
+    "percall_goal_sizes": [(8, 16), (256, 128), (1024, 512)],
+    "percall_budget_s": 10.0,
+    "percall_small_ns": [8, 32, 256],  # JAX eager and NumPy against hand-written versions
+    "percall_small_budget_s": 5.0,
+    "kernel_size": (32, 48, 128),  # N queries, M negatives, D
     "child_timeout_s": 3 * 3600,
     "goals": True,  # the goals name the full run's sizes; the quick run reports none
 }
@@ -51,6 +59,13 @@ QUICK: dict[str, Any] = {
     "tiled_ratio_size": (256, 32),
     "tiled_ratio_budget_s": 0.2,
     "dense_limit_bytes": MiB // 2,  # small enough that the quick run shows a skip too
+    "percall_dim": 16,
+    "percall_ns": [8],  # one size: torch.compile takes seconds per size
+    "percall_goal_sizes": [],
+    "percall_budget_s": 0.2,
+    "percall_small_ns": [8],
+    "percall_small_budget_s": 0.2,
+    "kernel_size": (8, 12, 16),
     "child_timeout_s": 600,
     "goals": False,
 }

@@ -34,6 +34,15 @@ class Goal:
 
 
 JAX_SIZES = [(32, 128), (1024, 512), (4096, 512), (8192, 256)]
+KERNEL_MODES = [
+    "in-batch",
+    "symmetric in-batch",
+    "unpaired",
+    "paired",
+    "unpaired, negatives without grad",
+    "paired, negatives without grad",
+]
+
 GOALS: list[Goal] = [
     # PyTorch CPU forward+backward time; the floor is the bare q @ k.T and its backward.
     Goal("torch", case(32, 128), "time xp / seed", 1.2, least="floor / seed"),
@@ -48,6 +57,12 @@ GOALS: list[Goal] = [
     Goal("numpy", "N=4096", "value_and_grad / info_nce", 1.5, least="least possible"),
     Goal("tiled", case(32768, 128), "tiled peak / seed", 0.05, strict=True, percent=True),
     Goal("tiled", case(8192, 256), "time tiled / untiled", 1.4),
+    # The per-call issue: small batches no slower than the seed, and no more kernels.
+    Goal("percall", case(8, 16), "time xp / seed", 1.0, least="floor / seed"),
+    Goal("percall", case(32, 128), "time xp / seed", 1.0, least="floor / seed"),
+    Goal("percall", case(256, 128), "time xp / seed", 1.0, least="floor / seed"),
+    Goal("percall", case(1024, 512), "time xp / seed", 0.85, least="floor / seed"),
+    *(Goal("percall", mode, "kernels xp / seed", 1.0) for mode in KERNEL_MODES),
 ]
 
 

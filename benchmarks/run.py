@@ -20,6 +20,7 @@ from typing import Any
 import jax_jit
 import memory
 import numpy_grad
+import percall
 import report
 import tiled
 import torch_time
@@ -31,6 +32,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "jax": jax_jit.run,
     "numpy": numpy_grad.run,
     "tiled": tiled.run,
+    "percall": percall.run,
 }
 SECTIONS = tuple(RUNNERS)
 

@@ -42,11 +42,14 @@ def test_quick_benchmark_runs_and_prints_tables(tmp_path: Path) -> None:
     assert out.startswith("# Benchmarks")
     for title in ("PyTorch: forward + backward time", "peak memory", "JAX", "NumPy", "Tiled"):
         assert title in out
+    for title in ("Per-call cost", "Kernels per forward + backward", "JAX eager", "value and grad"):
+        assert title.lower() in out.lower()
     assert "| N | D | infonce_xp | seed | floor |" in out
     assert "Not measured" not in out and "failed" not in out, out
     assert report.read_text(encoding="utf-8") == out.rstrip("\n") + "\n"
     if importlib.util.find_spec("matplotlib") is not None:
-        assert (tmp_path / "_static" / "bench_memory.png").stat().st_size > 0
+        for plot in ("bench_memory.png", "bench_percall.png"):
+            assert (tmp_path / "_static" / plot).stat().st_size > 0
 
 
 def test_goals_are_checked_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
