@@ -190,18 +190,23 @@ def torch_peak(spec: dict[str, Any]) -> dict[str, Any]:
 # --- JAX ----------------------------------------------------------------------------------
 
 
+def jax_hand_written(query: Any, key: Any, temperature: float = 0.1) -> Any:
+    """The loss written by hand in JAX: normalise, logits, ``jax.nn.logsumexp``."""
+    import jax
+    import jax.numpy as jnp
+
+    query = query / jnp.maximum(jnp.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    key = key / jnp.maximum(jnp.linalg.norm(key, axis=1, keepdims=True), 1e-12)
+    logits = query @ key.T / temperature
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diag(logits))
+
+
 def jax_section(spec: dict[str, Any]) -> dict[str, Any]:
     """``jit(value_and_grad)`` of infonce_xp and of a hand-written ``logsumexp`` version."""
     import jax
     import jax.numpy as jnp
 
     from infonce_xp import info_nce
-
-    def hand_written(query: Any, key: Any, temperature: float = 0.1) -> Any:
-        query = query / jnp.maximum(jnp.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-        key = key / jnp.maximum(jnp.linalg.norm(key, axis=1, keepdims=True), 1e-12)
-        logits = query @ key.T / temperature
-        return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diag(logits))
 
     def ours(query: Any, key: Any) -> Any:
         return info_nce(query, key)
@@ -211,7 +216,7 @@ def jax_section(spec: dict[str, Any]) -> dict[str, Any]:
         query = jax.random.normal(jax.random.key(0), (n, dim), dtype=jnp.float32)
         key = jax.random.normal(jax.random.key(1), (n, dim), dtype=jnp.float32)
         temp, steps = {}, {}
-        for name, fn in (("infonce_xp", ours), ("hand_written", hand_written)):
+        for name, fn in (("infonce_xp", ours), ("hand_written", jax_hand_written)):
             jitted = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
             analysis = jitted.lower(query, key).compile().memory_analysis()
             temp[name] = None if analysis is None else int(analysis.temp_size_in_bytes)
@@ -258,9 +263,13 @@ JOBS = {
 
 def main() -> None:
     global THREADS
+    # Run as a script, this module is __main__: let ``import _worker`` find this same module.
+    sys.modules.setdefault("_worker", sys.modules[__name__])
+    from _worker_percall import JOBS as PERCALL_JOBS
+
     spec = json.loads(sys.argv[1])
     THREADS = spec.get("threads")
-    result = JOBS[spec["job"]](spec)
+    result = {**JOBS, **PERCALL_JOBS}[spec["job"]](spec)
     print(RESULT + json.dumps(result), flush=True)
 
 

@@ -25,8 +25,33 @@ def test_quick_benchmark_runs_and_prints_tables(tmp_path: Path) -> None:
     assert out.startswith("# Benchmarks")
     for title in ("PyTorch: forward + backward time", "peak memory", "JAX", "NumPy", "Tiled"):
         assert title in out
+    for title in ("Per-call cost", "Kernels per forward + backward", "JAX eager", "value and grad"):
+        assert title.lower() in out.lower()
     assert "| N | D | infonce_xp | seed | floor |" in out
     assert "Not measured" not in out and "failed" not in out, out
     assert report.read_text(encoding="utf-8") == out.rstrip("\n") + "\n"
     if importlib.util.find_spec("matplotlib") is not None:
-        assert (tmp_path / "_static" / "bench_memory.png").stat().st_size > 0
+        for plot in ("bench_memory.png", "bench_percall.png"):
+            assert (tmp_path / "_static" / plot).stat().st_size > 0
+
+
+def test_goals_are_checked_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from common import Section
+    from goals import Goal, check
+
+    section = Section("torch", "title", "intro")
+    section.measure("(32, 128)", "time xp / seed", 1.1)
+    section.measure("(32, 128)", "floor / seed", 0.4)
+    goals = [
+        Goal("torch", "(32, 128)", "time xp / seed", 1.2, least="floor / seed"),
+        Goal("torch", "(32, 128)", "time xp / seed", 1.0),
+        Goal("torch", "(64, 128)", "time xp / seed", 1.0),
+        Goal("numpy", "N=1024", "value_and_grad / info_nce", 1.5),  # its section did not run
+    ]
+    rows = check([section], goals)
+    assert rows == [
+        ["torch (32, 128): time xp / seed ≤ 1.2x", "1.10x", "0.40x", "3.00x", "2.75x", "met"],
+        ["torch (32, 128): time xp / seed ≤ 1x", "1.10x", "-", "-", "-", "**not met**"],
+        ["torch (64, 128): time xp / seed ≤ 1x", "not measured", "-", "-", "-", "-"],
+    ]
