@@ -165,23 +165,23 @@ def plot(points: dict[str, list[tuple[int, float]]], path: Path, dim: int) -> st
     if plt is None:
         return "matplotlib is not installed"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    styles = {
-        "seed": ("s-", "seed"),
-        "infonce_xp": ("o-", "infonce_xp"),
-        "seed compiled": ("s--", "seed, torch.compile"),
-        "infonce_xp compiled": ("o--", "infonce_xp, torch.compile"),
-        "floor": (":", "floor (q @ k.T, backward)"),
+    styles = {  # the same colour for an implementation in both panels
+        "seed": ("s-", "C0", "seed"),
+        "infonce_xp": ("o-", "C1", "infonce_xp"),
+        "seed compiled": ("s--", "C2", "seed, torch.compile"),
+        "infonce_xp compiled": ("o--", "C3", "infonce_xp, torch.compile"),
+        "floor": (":", "C4", "floor (q @ k.T, backward)"),
     }
     seed = dict(points.get("seed", []))
-    for impl, (style, label) in styles.items():
+    for impl, (style, color, label) in styles.items():
         if not points.get(impl):
             continue
         xs, ys = zip(*sorted(points[impl]), strict=True)
-        left.plot(xs, [y * 1e3 for y in ys], style, label=label)
+        left.plot(xs, [y * 1e3 for y in ys], style, color=color, label=label)
         if impl != "seed" and seed:
             pairs = [(x, y / seed[x]) for x, y in zip(xs, ys, strict=True) if x in seed]
-            right.plot(*zip(*pairs, strict=True), style, label=label)
-    right.axhline(1.0, color="grey", linewidth=0.8)
+            right.plot(*zip(*pairs, strict=True), style, color=color, label=label)
+    right.axhline(1.0, color="C0", linewidth=1.0, label="seed")
     left.set_ylabel("time per call (ms)")
     right.set_ylabel("time / seed's time")
     for ax in (left, right):
@@ -189,6 +189,8 @@ def plot(points: dict[str, list[tuple[int, float]]], path: Path, dim: int) -> st
         ax.set_yscale("log")
         ax.set_xlabel("N (batch size)")
         ax.grid(True, which="both", alpha=0.3)
+    for axis in (right.yaxis.set_major_formatter, right.yaxis.set_minor_formatter):
+        axis(plt.matplotlib.ticker.FormatStrFormatter("%gx"))  # after set_yscale, which resets it
     left.legend(fontsize="small")
     fig.suptitle(f"PyTorch CPU float32 forward+backward, in-batch, D = {dim}")
     fig.tight_layout()
