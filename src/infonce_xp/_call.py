@@ -38,8 +38,8 @@ def check_call(
 ) -> Call:
     """Check a call's arrays against ``options``, before any computation.
 
-    ``temperature`` overrides ``options.temperature`` (a module's learned one); ``xp`` None
-    infers the namespace from the arrays.
+    ``temperature`` overrides ``options.temperature`` (a module's learned one, positive by
+    construction, so not read); ``xp`` None infers the namespace from the arrays.
     """
     named = {"query": query, "positive_key": positive_key}
     if negative_keys is not None:
@@ -49,7 +49,8 @@ def check_call(
             raise TypeError(
                 f"{name} must be an array (NumPy, torch, JAX, CuPy, ...); got {describe(x)}"
             )
-    if temperature is None:
+    overridden = temperature is not None
+    if not overridden:
         temperature = options.temperature
     if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
@@ -67,8 +68,8 @@ def check_call(
             ) from err
     elif not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
-    # Read again at each call (an array may have changed), where that costs no device sync.
-    check_temperature(temperature, sync=False)
+    if not overridden:  # read again (an array may have changed) where that costs no device sync
+        check_temperature(temperature, sync=False)
     mode = options.negative_mode
     _check_arrays(xp, named, mode)
     devices = {name: device(x) for name, x in everything.items()}
