@@ -1,10 +1,12 @@
-"""Doctests of the backend adapters run only where their backend is installed."""
+"""Doctests of the modules that import a backend run only where that backend is installed."""
 
 import importlib.util
+from pathlib import Path
 
 collect_ignore = ["noxfile.py", "docs", "benchmarks", "examples"]
 collect_ignore += [
-    f"src/infonce_xp/{name}.py"
-    for name in ("torch", "jax")
-    if importlib.util.find_spec(name) is None
+    str(path.relative_to(Path(__file__).parent))
+    for path in sorted(Path(__file__).parent.glob("src/infonce_xp/*.py"))
+    for library in ("torch", "jax")
+    if library in path.stem and importlib.util.find_spec(library) is None
 ]
