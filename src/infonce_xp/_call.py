@@ -68,7 +68,9 @@ def check_call(
             ) from err
     elif not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
-    if not overridden:  # read again (an array may have changed) where that costs no device sync
+    if t_array and not overridden:
+        # Options checked it once; an array may have changed since: read it again where that
+        # costs no device sync (a number cannot change).
         check_temperature(temperature, sync=False)
     mode = options.negative_mode
     _check_arrays(xp, named, mode)
