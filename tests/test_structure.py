@@ -22,6 +22,8 @@ LAYERS = [
     ["_arrays"],
     ["_core"],
     ["_tiled"],
+    ["_cells"],
+    ["_cells_tiled"],
     ["_engine"],
     ["_options"],
     ["_call"],

@@ -13,7 +13,7 @@ from ._arrays import array_namespace, as_array, device, is_array_api_obj, is_num
 from ._options import Options, check_temperature, describe
 from ._typing import Array, Namespace
 
-_NDIM = {"query": 2, "positive_key": 2}
+_NDIM = {"query": 2, "positive_key": 2, "embeddings": 2}
 
 
 class Call(NamedTuple):
@@ -31,31 +31,41 @@ def check_call(
     options: Options,
     *,
     query: Any,
-    positive_key: Any,
+    positive_key: Any = None,
     negative_keys: Any = None,
+    labels: Any = None,
+    negative_labels: Any = None,
     temperature: Any = None,
     xp: Namespace | None = None,
+    supervised: bool = False,
 ) -> Call:
     """Check a call's arrays against ``options``, before any computation.
 
     ``temperature`` overrides ``options.temperature`` (a module's learned one, positive by
     construction, so not read); ``xp`` None infers the namespace from the arrays.
+    ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
     """
-    named = {"query": query, "positive_key": positive_key}
+    first = "embeddings" if supervised else "query"
+    named = {first: query}
+    if not supervised:
+        named["positive_key"] = positive_key
     if negative_keys is not None:
         named["negative_keys"] = negative_keys
-    for name, x in named.items():
+    if supervised and labels is None:
+        raise TypeError("labels must be an array of integer class ids, one per row; got None")
+    tags = {"labels": labels, "negative_labels": negative_labels}
+    tags = {name: x for name, x in tags.items() if x is not None}
+    for name, x in [*named.items(), *tags.items()]:
         if not is_array_api_obj(x):
-            raise TypeError(
-                f"{name} must be an array (NumPy, torch, JAX, CuPy, ...); got {describe(x)}"
-            )
+            kind = "integer class ids" if name in tags else "(NumPy, torch, JAX, CuPy, ...)"
+            raise TypeError(f"{name} must be an array {kind}; got {describe(x)}")
     overridden = temperature is not None
     if not overridden:
         temperature = options.temperature
     if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
     t_array = is_array_api_obj(temperature)
-    everything = named | ({"temperature": temperature} if t_array else {})
+    everything = named | tags | ({"temperature": temperature} if t_array else {})
     if xp is None:
         try:
             xp = array_namespace(*everything.values())
@@ -77,19 +87,65 @@ def check_call(
     devices = {name: device(x) for name, x in everything.items()}
     if len({str(d) for d in devices.values() if d is not None}) > 1:
         raise ValueError(f"all arrays of one call must be on one device; got {devices}")
-    if options.symmetric and negative_keys is not None:
+    in_batch = options.in_batch_negatives
+    if in_batch is None or supervised:
+        in_batch = negative_keys is None and not supervised
+    if in_batch is False and negative_keys is None and not supervised:
         raise ValueError(
-            "symmetric=True scores keys against queries in-batch, so it takes no negative_keys; "
-            f"got negative_keys of shape {tuple(negative_keys.shape)}"
+            "in_batch_negatives=False leaves a query only its positive: it needs negative_keys"
         )
+    if options.symmetric and negative_keys is not None and not in_batch:
+        raise ValueError(
+            "symmetric=True scores keys against queries in-batch; with negative_keys it needs "
+            "in_batch_negatives=True (the negatives then score the query direction only); got "
+            f"negative_keys of shape {tuple(negative_keys.shape)} and "
+            f"in_batch_negatives={options.in_batch_negatives!r}"
+        )
+    _check_labels(xp, named, tags, mode)
     config = _engine.Config(
         "in-batch" if negative_keys is None else mode,
-        options.symmetric,
+        options.symmetric and not supervised,
         options.normalize,
         options.chunk_size,
+        options.positives,
+        in_batch,
+        options.same_view_negatives or supervised,
+        "labels" in tags,
+        supervised,
     )
     out_dtype = xp.result_type(*named.values())
-    return Call(xp, named, temperature, config, options, out_dtype)
+    arrays = dict(named)
+    if supervised:
+        arrays = {_engine.QUERY: arrays.pop(first), **arrays}
+    return Call(xp, arrays | tags, temperature, config, options, out_dtype)
+
+
+def _check_labels(
+    xp: Namespace, named: dict[str, Array], tags: dict[str, Array], mode: str
+) -> None:
+    """Labels: integer arrays of one id per row, and per negative (shared or per row)."""
+    first = next(iter(named))
+    n = named[first].shape[0]
+    negatives: Any = named.get("negative_keys")
+    if "negative_labels" in tags:
+        if "labels" not in tags:
+            raise ValueError(
+                "negative_labels are compared with the labels of the queries: they need labels"
+            )
+        if negatives is None:
+            raise ValueError("negative_labels label the negative_keys: they need negative_keys")
+    for name, x in tags.items():
+        if not (xp.isdtype(x.dtype, "integral")):
+            raise TypeError(f"{name} must have an integer dtype; got {x.dtype}")
+        if name == "labels":
+            expected: tuple[int, ...] = (n,)
+        else:
+            expected = tuple(negatives.shape[:-1])  # (M,) or (N, M)
+        if tuple(x.shape) != expected:
+            raise ValueError(
+                f"{name} must have shape {expected}, one id per "
+                f"{'row of ' + first if name == 'labels' else 'negative'}; got {tuple(x.shape)}"
+            )
 
 
 def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
@@ -102,13 +158,14 @@ def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
             raise ValueError(
                 f"{name} must have {expected} dimensions{where}; got shape {tuple(x.shape)}"
             )
-    query, positive_key = named["query"], named["positive_key"]
-    n, dim = query.shape
+    first = next(iter(named))
+    n, dim = named[first].shape
     if n == 0 or dim == 0:
         raise ValueError(
-            f"query must hold at least one row of at least one feature; got shape {(n, dim)}"
+            f"{first} must hold at least one row of at least one feature; got shape {(n, dim)}"
         )
-    if positive_key.shape[0] != n:
+    positive_key = named.get("positive_key")
+    if positive_key is not None and positive_key.shape[0] != n:
         raise ValueError(
             "query and positive_key must have the same number of rows; "
             f"got {n} and {positive_key.shape[0]}"
@@ -116,7 +173,7 @@ def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
     for name, x in named.items():
         if x.shape[-1] != dim:
             raise ValueError(
-                f"{name} must have {dim} features, as query does; got shape {tuple(x.shape)}"
+                f"{name} must have {dim} features, as {first} does; got shape {tuple(x.shape)}"
             )
     negatives = named.get("negative_keys")
     if mode == "paired" and negatives is not None and negatives.shape[0] != n:
@@ -127,19 +184,29 @@ def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
 
 
 def gathered(call: Call) -> tuple[dict[str, Array], Any]:
-    """The call's arrays plus, with ``gather``, every worker's keys; and this worker's offset."""
+    """The call's arrays plus, with ``gather``, every worker's candidates (keys, queries,
+    unpaired negatives) and their labels; and this worker's row offset among them."""
     arrays = dict(call.arrays)
     gather = call.options.gather
     if gather is None:
         return arrays, 0
-    mode, n = call.config.mode, call.arrays["query"].shape[0]
-    if mode == "in-batch":
-        arrays[_engine.ALL_KEYS] = _gather(gather, arrays["positive_key"], "positive_key")
-        if call.config.symmetric:
-            arrays[_engine.ALL_QUERIES] = _gather(gather, arrays["query"], "query")
-    elif mode == "unpaired":  # the local negatives are used only through the gathered ones
-        local = arrays.pop("negative_keys")
-        arrays[_engine.ALL_NEGATIVES] = _gather(gather, local, "negative_keys")
+    config, n = call.config, call.arrays[_engine.QUERY].shape[0]
+    pairs = []
+    if config.in_batch:
+        pairs.append((_engine.ALL_KEYS, "positive_key"))
+    if config.symmetric or config.same_view:
+        pairs.append((_engine.ALL_QUERIES, _engine.QUERY))
+    if pairs and config.labelled:
+        pairs.append((_engine.ALL_LABELS, "labels"))
+    for everyone, mine in pairs:
+        arrays[everyone] = _gather(gather, arrays[mine], mine)
+    if config.mode == "unpaired":  # the local negatives are used only through the gathered ones
+        for everyone, mine in (
+            (_engine.ALL_NEGATIVES, "negative_keys"),
+            (_engine.ALL_NEGATIVE_LABELS, "negative_labels"),
+        ):
+            if mine in arrays:
+                arrays[everyone] = _gather(gather, arrays.pop(mine), mine)
     return arrays, gather.rank() * n
 
 
@@ -160,14 +227,24 @@ def _gather(gather: Any, x: Array, name: str) -> Array:
     return out
 
 
-def reduce(call: Call, rows: Array) -> Array:
-    """Apply the reduction in the compute dtype, then return the inputs' dtype."""
+def reduce(call: Call, rows: Array, counts: Array | None = None) -> Array:
+    """Apply the reduction in the compute dtype, then return the inputs' dtype. ``counts``: each
+    row's weight in the mean (see ``_engine.forward``); a mean over no weight is 0."""
     xp = call.xp
     if call.options.reduction == "mean":
-        rows = as_array(xp, xp.mean(rows))
+        if counts is None:
+            rows = as_array(xp, xp.mean(rows))
+        else:
+            rows = as_array(xp, xp.sum(rows) / mean_divisor(xp, counts))
     elif call.options.reduction == "sum":
         rows = as_array(xp, xp.sum(rows))
     return rows if rows.dtype == call.out_dtype else xp.astype(rows, call.out_dtype)
+
+
+def mean_divisor(xp: Namespace, counts: Array) -> Array:
+    """The total weight of the rows, or 1 where it is 0 (every row's loss is then 0)."""
+    total = xp.sum(counts)
+    return xp.where(total > 0, total, xp.ones_like(total))
 
 
 def check_grad_output(call: Call, grad_output: Any, shape: tuple[int, ...]) -> None:

@@ -11,14 +11,15 @@ from typing import Protocol
 
 from . import _engine
 from ._arrays import library
-from ._call import Call, gathered, reduce
+from ._call import Call, gathered, mean_divisor, reduce
 from ._options import describe
 from ._typing import Array, Namespace, ScatteringGather
 
 
 class Adapter(Protocol):
-    def loss_rows(self, call: Call) -> Array:
-        """Per-query losses (N,) of a checked call, in the compute dtype."""
+    def loss_rows(self, call: Call) -> tuple[Array, Array | None]:
+        """Per-query losses (N,) of a checked call, in the compute dtype, and each row's weight
+        in a mean (None: 1 each)."""
         ...
 
     def value_and_grad(self, call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
@@ -30,10 +31,10 @@ class Analytic:
     """The engine's forward and analytic backward, for namespaces without autograd."""
 
     @staticmethod
-    def loss_rows(call: Call) -> Array:
+    def loss_rows(call: Call) -> tuple[Array, Array | None]:
         arrays, offset = gathered(call)
-        rows, _ = _engine.forward(call.xp, arrays, call.temperature, call.config, offset)
-        return rows
+        rows, counts, _ = _engine.forward(call.xp, arrays, call.temperature, call.config, offset)
+        return rows, counts
 
     @staticmethod
     def value_and_grad(call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
@@ -46,10 +47,10 @@ class Analytic:
                 f"got {describe(gather)}"
             )
         arrays, offset = gathered(call)
-        rows, residuals = _engine.forward(xp, arrays, call.temperature, call.config, offset)
+        rows, counts, residuals = _engine.forward(xp, arrays, call.temperature, call.config, offset)
         grad_rows = xp.astype(grad_output, rows.dtype)
         if call.options.reduction == "mean":
-            grad_rows = grad_rows / rows.shape[0]
+            grad_rows = grad_rows / (rows.shape[0] if counts is None else mean_divisor(xp, counts))
         grad_rows = grad_rows * xp.ones_like(rows)
         grads = _engine.backward(xp, residuals, grad_rows, call.temperature, call.config, offset)
         for name, local in (
@@ -60,7 +61,7 @@ class Analytic:
             if name in grads:
                 mine = gather.scatter(grads.pop(name))  # type: ignore[union-attr]
                 grads[local] = mine if local not in grads else grads[local] + mine
-        return reduce(call, rows), grads
+        return reduce(call, rows, counts), grads
 
 
 ANALYTIC = Analytic()
@@ -83,4 +84,4 @@ def adapter_for(xp: Namespace) -> Adapter:
 
 def evaluate(call: Call) -> Array:
     """The reduced loss of a checked call."""
-    return reduce(call, adapter_for(call.xp).loss_rows(call))
+    return reduce(call, *adapter_for(call.xp).loss_rows(call))

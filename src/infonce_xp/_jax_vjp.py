@@ -25,12 +25,13 @@ def _rows_fwd(
     config, names, fixed_temperature, scan = static
     t = fixed_temperature if temperature is None else temperature
     xp = array_namespace(*arrays)
-    rows, residuals = _engine.forward(xp, dict(zip(names, arrays)), t, config, offset, scan)
-    return rows, (residuals, temperature, offset)
+    rows, counts, residuals = _engine.forward(xp, dict(zip(names, arrays)), t, config, offset, scan)
+    return (rows, counts), (residuals, temperature, offset)
 
 
-def _rows_bwd(static: tuple[Any, ...], saved: Any, grad_rows: Any) -> Any:
+def _rows_bwd(static: tuple[Any, ...], saved: Any, cotangents: Any) -> Any:
     config, names, fixed_temperature, scan = static
+    grad_rows = cotangents[0]  # the counts take no gradient
     residuals, temperature, offset = saved
     t = fixed_temperature if temperature is None else temperature
     xp = array_namespace(grad_rows)
@@ -68,7 +69,8 @@ class JaxAdapter:
 
     @staticmethod
     def loss_rows(call: Call) -> Any:
-        """Per-query losses of a checked call, differentiable by ``jax.grad`` (and jit, vmap)."""
+        """Per-query losses of a checked call, differentiable by ``jax.grad`` (and jit, vmap),
+        and each row's weight in a mean."""
         arrays, offset = gathered(call)
         temperature = call.temperature
         fixed = temperature if isinstance(temperature, (int, float)) else None
@@ -85,15 +87,16 @@ class JaxAdapter:
     @classmethod
     def value_and_grad(cls, call: Call, grad_output: Any) -> tuple[Any, dict[str, Any]]:
         """``info_nce_value_and_grad`` for JAX arrays: ``jax.vjp`` through ``loss_rows``."""
-        inputs = dict(call.arrays)
+        inputs = {k: x for k, x in call.arrays.items() if k not in _engine.LABEL_NAMES}
+        labels = {k: x for k, x in call.arrays.items() if k in _engine.LABEL_NAMES}
         if not isinstance(call.temperature, (int, float)):
             inputs["temperature"] = call.temperature
 
         def loss(inputs: dict[str, Any]) -> Any:
-            arrays = {k: v for k, v in inputs.items() if k != "temperature"}
+            arrays = {k: v for k, v in inputs.items() if k != "temperature"} | labels
             t = inputs.get("temperature", call.temperature)
             this = call._replace(arrays=arrays, temperature=t)
-            return reduce(this, cls.loss_rows(this))
+            return reduce(this, *cls.loss_rows(this))
 
         value, pullback = jax.vjp(loss, inputs)
         return value, pullback(grad_output)[0]

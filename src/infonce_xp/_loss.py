@@ -7,7 +7,14 @@ from typing import Any, NamedTuple
 from ._arrays import device
 from ._call import check_call, check_grad_output
 from ._dispatch import adapter_for, evaluate
-from ._options import Options, option_attributes, with_options
+from ._options import (
+    SUPERVISED,
+    Options,
+    check_supervised_options,
+    option_attributes,
+    with_options,
+    with_supervised_options,
+)
 from ._typing import Array, Namespace, NegativeMode, Reduction
 
 
@@ -30,6 +37,8 @@ def info_nce(
     reduction: Reduction = "mean",
     negative_mode: NegativeMode = "unpaired",
     *,
+    labels: Array | None = None,
+    negative_labels: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
 ) -> Array:
@@ -48,6 +57,7 @@ def info_nce(
     %(arrays)s
     %(seed_options)s
     %(options)s
+    %(labels_both)s
     %(xp)s
 
     Returns
@@ -59,10 +69,12 @@ def info_nce(
     Raises
     ------
     ValueError
-        For shapes, ``reduction``, ``negative_mode``, a temperature that is not a finite
-        positive number, or a ``chunk_size`` below 1.
+        For shapes, ``reduction``, ``negative_mode``, ``positives``, a temperature that is not
+        a finite positive number, a ``chunk_size`` below 1, or options that contradict each
+        other.
     TypeError
-        For non-arrays, arrays of two libraries, non-floating dtypes and unknown keywords.
+        For non-arrays, arrays of two libraries, non-floating inputs, non-integer labels and
+        unknown keywords.
 
     Examples
     --------
@@ -75,10 +87,24 @@ def info_nce(
     ((), True)
     >>> info_nce(query, positive_key, rng.normal(size=(48, 128)), reduction="none").shape
     (32,)
+
+    Class ids make same-class keys positives (SupCon) or ignore them (duplicates):
+
+    >>> labels = rng.integers(0, 4, size=32)
+    >>> bool(info_nce(query, positive_key, labels=labels, positives="supcon") > 0)
+    True
     """
     opts = Options.of(temperature, reduction, negative_mode, options)
     return evaluate(
-        check_call(opts, query=query, positive_key=positive_key, negative_keys=negative_keys, xp=xp)
+        check_call(
+            opts,
+            query=query,
+            positive_key=positive_key,
+            negative_keys=negative_keys,
+            labels=labels,
+            negative_labels=negative_labels,
+            xp=xp,
+        )
     )
 
 
@@ -91,6 +117,8 @@ def info_nce_value_and_grad(
     reduction: Reduction = "mean",
     negative_mode: NegativeMode = "unpaired",
     *,
+    labels: Array | None = None,
+    negative_labels: Array | None = None,
     grad_output: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
@@ -107,6 +135,7 @@ def info_nce_value_and_grad(
     %(arrays)s
     %(seed_options)s
     %(options)s
+    %(labels_both)s
     %(grad_output)s
     %(xp)s
 
@@ -131,7 +160,13 @@ def info_nce_value_and_grad(
     """
     opts = Options.of(temperature, reduction, negative_mode, options)
     call = check_call(
-        opts, query=query, positive_key=positive_key, negative_keys=negative_keys, xp=xp
+        opts,
+        query=query,
+        positive_key=positive_key,
+        negative_keys=negative_keys,
+        labels=labels,
+        negative_labels=negative_labels,
+        xp=xp,
     )
     n: int = call.arrays["query"].shape[0]
     out_shape: tuple[int, ...] = (n,) if opts.reduction == "none" else ()
@@ -183,13 +218,125 @@ class InfoNCE:
         self.options = Options.of(temperature, reduction, negative_mode, options)
 
     def __call__(
-        self, query: Array, positive_key: Array, negative_keys: Array | None = None
+        self,
+        query: Array,
+        positive_key: Array,
+        negative_keys: Array | None = None,
+        *,
+        labels: Array | None = None,
+        negative_labels: Array | None = None,
     ) -> Array:
         return evaluate(
             check_call(
-                self.options, query=query, positive_key=positive_key, negative_keys=negative_keys
+                self.options,
+                query=query,
+                positive_key=positive_key,
+                negative_keys=negative_keys,
+                labels=labels,
+                negative_labels=negative_labels,
             )
         )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"
+
+
+@with_supervised_options
+def supervised_info_nce(
+    embeddings: Array,
+    labels: Array,
+    temperature: float | Array = 0.1,
+    reduction: Reduction = "mean",
+    *,
+    xp: Namespace | None = None,
+    **options: Any,
+) -> Array:
+    r"""The supervised contrastive loss of one set of embeddings with class labels.
+
+    Every row is an anchor and every other row a candidate; its positives are the other rows of
+    its class. For two views of each sample, concatenate them (and their labels twice).
+
+    Parameters
+    ----------
+    embeddings : array, shape (B, D)
+        One embedding per row.
+    labels : array of int, shape (B,)
+        The class id of each row.
+    temperature : float or 0-D array, default 0.1
+        Logits are divided by the temperature; a 0-D array receives a gradient.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" gives each row's loss (0 for a row without a positive); "mean" averages over
+        the rows that have a positive ("supcon") or over the positive pairs ("pairs"), and is
+        0, never NaN, when there is none.
+    positives : {"supcon", "pairs"}, default "supcon"
+        "supcon": a row's loss is the log-sum-exp over the other rows minus the mean logit of
+        its positives (SupCon's L_out, pytorch-metric-learning's SupConLoss). "pairs": each
+        positive pair is a term ``softplus(LSE(negatives) - logit)`` (pytorch-metric-learning's
+        NTXentLoss, optax's ntxent).
+    %(supervised_options)s
+    %(xp)s
+
+    Returns
+    -------
+    array
+        0-D for "mean" and "sum", shape (B,) for "none".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from infonce_xp import supervised_info_nce
+    >>> rng = np.random.default_rng(0)
+    >>> views = rng.normal(size=(2, 16, 32))  # two views of 16 samples
+    >>> labels = rng.integers(0, 4, size=16)
+    >>> loss = supervised_info_nce(np.concatenate(views), np.concatenate([labels, labels]))
+    >>> loss.shape, bool(loss > 0)
+    ((), True)
+    """
+    opts = Options.of(temperature, reduction, "unpaired", check_supervised_options(options))
+    return evaluate(check_call(opts, query=embeddings, labels=labels, xp=xp, supervised=True))
+
+
+@option_attributes
+@with_supervised_options
+class SupervisedInfoNCE:
+    """:func:`supervised_info_nce` as a callable object, for any array library.
+
+    :class:`infonce_xp.torch.SupervisedInfoNCE` is the ``torch.nn.Module``.
+
+    Parameters
+    ----------
+    temperature : float or 0-D array, default 0.1
+        As in :func:`supervised_info_nce`.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`supervised_info_nce`.
+    positives : {"supcon", "pairs"}, default "supcon"
+        As in :func:`supervised_info_nce`.
+    %(supervised_options)s
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from infonce_xp import SupervisedInfoNCE
+    >>> loss_fn = SupervisedInfoNCE(temperature=0.07)
+    >>> rng = np.random.default_rng(0)
+    >>> float(loss_fn(rng.normal(size=(8, 16)), np.arange(8) % 3)) > 0
+    True
+    """
+
+    options: Options
+
+    def __init__(
+        self, temperature: float | Array = 0.1, reduction: Reduction = "mean", **options: Any
+    ) -> None:
+        self.options = Options.of(
+            temperature, reduction, "unpaired", check_supervised_options(options)
+        )
+
+    def __call__(self, embeddings: Array, labels: Array) -> Array:
+        return evaluate(check_call(self.options, query=embeddings, labels=labels, supervised=True))
+
+    def __repr__(self) -> str:
+        o = self.options
+        shown = [f"temperature={o.temperature!r}", f"reduction={o.reduction!r}"]
+        shown += [f"{name}={getattr(o, name)!r}" for name in SUPERVISED]
+        return f"{type(self).__name__}({', '.join(shown)})"

@@ -19,10 +19,11 @@ from dataclasses import field
 from typing import Any, TypeVar
 
 from ._arrays import array_namespace, is_array_api_obj, is_symbolic_number, number
-from ._typing import Array, Gather, NegativeMode, Reduction
+from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 
 REDUCTIONS = ("mean", "sum", "none")
 NEGATIVE_MODES = ("unpaired", "paired")
+POSITIVES = ("own", "supcon", "pairs")
 
 
 def describe(x: Any) -> str:
@@ -99,12 +100,49 @@ negative_mode : {"unpaired", "paired"}, default "unpaired"
             seed=True,
         ),
     )
+    positives: Positives = field(
+        default="own",
+        metadata=_about(
+            """
+positives : {"own", "supcon", "pairs"}, default "own"
+    Which candidates count as positives once ``labels`` are given (without labels the three
+    give the seed's numbers). "own": only each row's own positive; candidates of its class
+    are ignored, i.e. dropped from the denominator (duplicates, false negatives). "supcon":
+    they are positives too, and a row's loss is the log-sum-exp over its candidates minus
+    the mean logit of its positives (SupCon's L_out). "pairs": each positive is a term of its
+    own, ``softplus(LSE(negatives) - logit)``, so the other positives are not in its
+    denominator (pytorch-metric-learning's NTXentLoss, optax's ntxent); "mean" then averages
+    over the pairs and "none" gives each row's sum."""
+        ),
+    )
+    in_batch_negatives: bool | None = field(
+        default=None,
+        metadata=_about(
+            """
+in_batch_negatives : bool, optional
+    Whether the positive keys of the batch are candidates. None (the default) is the seed:
+    they are without ``negative_keys`` and are not with them. True with ``negative_keys``
+    scores each query against the keys and the explicit negatives (hard negatives, as
+    sentence-transformers' MultipleNegativesRankingLoss and DPR do)."""
+        ),
+    )
+    same_view_negatives: bool = field(
+        default=False,
+        metadata=_about(
+            """
+same_view_negatives : bool, default False
+    Also score each query against the other queries (never itself) and, with
+    ``symmetric=True``, each key against the other keys: SimCLR's NT-Xent."""
+        ),
+    )
     symmetric: bool = field(
         default=False,
         metadata=_about(
             """
 symmetric : bool, default False
-    Average the query->key and key->query losses (the CLIP loss); in-batch mode only."""
+    Average the query->key and key->query losses (the CLIP loss). The key->query direction
+    has no explicit negatives: with ``negative_keys`` it needs ``in_batch_negatives=True``,
+    and the negatives score the query->key direction only."""
         ),
     )
     normalize: bool = field(
@@ -144,7 +182,14 @@ gather : callable, optional
             raise ValueError(
                 f"negative_mode must be one of {NEGATIVE_MODES}; got {self.negative_mode!r}"
             )
-        for flag in ("symmetric", "normalize"):
+        if self.positives not in POSITIVES:
+            raise ValueError(f"positives must be one of {POSITIVES}; got {self.positives!r}")
+        if not isinstance(self.in_batch_negatives, (bool, type(None))):
+            raise TypeError(
+                "in_batch_negatives must be None, True or False; "
+                f"got {describe(self.in_batch_negatives)}"
+            )
+        for flag in ("same_view_negatives", "symmetric", "normalize"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(
                     f"{flag} must be True or False; got {describe(getattr(self, flag))}"
@@ -201,6 +246,9 @@ gather : callable, optional
 FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 KEYWORD_ONLY = {name: f for name, f in FIELDS.items() if not f.metadata["seed"]}
 OPTION_NAMES = tuple(FIELDS)
+# The options of the single-set (supervised) form, and the defaults it changes.
+SUPERVISED = ("positives", "normalize", "chunk_size", "gather")
+SUPERVISED_DEFAULTS = {"positives": "supcon"}
 
 
 # Docstring fragments, filled into literal docstrings by ``fill_doc`` (SciPy's doccer idea).
@@ -216,6 +264,15 @@ negative_keys : array, shape (M, D) or (N, M, D), optional
     Explicit negatives: shared by all queries (M, D) with ``negative_mode="unpaired"``, or
     M per query (N, M, D) with ``negative_mode="paired"``. If None (the default), the
     negatives of a query are the positive keys of the other queries (in-batch).""",
+    "labels": """\
+labels : array of int, shape (N,), optional
+    A class id per row (keyword-only): query ``i`` and key ``i`` carry ``labels[i]``.
+    Candidates of a row's class other than its own positive are *same-class*: ignored or
+    positives as ``positives`` says.""",
+    "negative_labels": """\
+negative_labels : array of int, shape (M,) or (N, M), optional
+    The class ids of ``negative_keys`` (keyword-only; needs ``labels``). Default: explicit
+    negatives are never same-class.""",
     "grad_output": """\
 grad_output : array, optional
     The cotangent of the loss, of its shape (0-D, or (N,) with ``reduction="none"``).
@@ -226,8 +283,10 @@ xp : array_namespace, optional
     **{name: f.metadata["doc"] for name, f in FIELDS.items()},
 }
 FRAGMENTS["arrays"] = "\n".join(FRAGMENTS[n] for n in ("query", "positive_key", "negative_keys"))
+FRAGMENTS["labels_both"] = "\n".join(FRAGMENTS[n] for n in ("labels", "negative_labels"))
 FRAGMENTS["seed_options"] = "\n".join(FRAGMENTS[n] for n in OPTION_NAMES if n not in KEYWORD_ONLY)
 FRAGMENTS["options"] = "\n".join(FRAGMENTS[n] for n in KEYWORD_ONLY)
+FRAGMENTS["supervised_options"] = "\n".join(FRAGMENTS[n] for n in SUPERVISED if n != "positives")
 
 _PLACEHOLDER = re.compile(r"^( *)%\((\w+)\)s$", re.MULTILINE)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -249,15 +308,45 @@ def with_options(obj: F) -> F:
     ``obj`` takes them as ``**options``; :func:`inspect.signature` (so ``help()``, Sphinx and
     IPython) lists each by name and default, before any other keyword-only parameter.
     """
+    return _show_options(obj, tuple(KEYWORD_ONLY), {})
+
+
+def check_supervised_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options of the single-set form, with its defaults, checked for names and
+    for a ``positives`` it supports."""
+    unknown = options.keys() - set(SUPERVISED)
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {sorted(unknown)[0]!r}; "
+            f"the keyword-only options are {', '.join(SUPERVISED)}"
+        )
+    options = SUPERVISED_DEFAULTS | options
+    if options["positives"] not in ("supcon", "pairs"):
+        raise ValueError(
+            "positives must be 'supcon' or 'pairs' for one set of rows (there is no own "
+            f"positive); got {options['positives']!r}"
+        )
+    return options
+
+
+def with_supervised_options(obj: F) -> F:
+    """:func:`with_options` for the single-set form: its options and defaults only."""
+    return _show_options(obj, SUPERVISED, SUPERVISED_DEFAULTS)
+
+
+def _show_options(obj: F, names: tuple[str, ...], defaults: dict[str, Any]) -> F:
     target: Any = obj.__init__ if isinstance(obj, type) else obj  # type: ignore[misc]
     signature = inspect.signature(target)
     params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
     at = next((i for i, p in enumerate(params) if p.kind is p.KEYWORD_ONLY), len(params))
     options = [
         inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=defaults.get(name, FIELDS[name].default),
+            annotation=FIELDS[name].type,
         )
-        for name, f in KEYWORD_ONLY.items()
+        for name in names
     ]
     target.__signature__ = signature.replace(parameters=params[:at] + options + params[at:])
     return fill_doc(obj)
@@ -280,6 +369,6 @@ def option_attributes(cls: C) -> C:
         return property(get, set_, doc=f"The ``{name}`` option (see :class:`Options`).")
 
     for name in OPTION_NAMES:
-        if name not in cls.__dict__:
+        if not any(name in k.__dict__ for k in cls.__mro__[:-1]):
             setattr(cls, name, attribute(name))
     return cls

@@ -32,10 +32,10 @@ class _Rows(torch.autograd.Function):
         if temperature is None:  # learnable: the last tensor
             *tensors, temperature = tensors
         with _no_autocast(tensors[0]):
-            rows, residuals = _engine.forward(
+            rows, counts, residuals = _engine.forward(
                 xp, dict(zip(names, tensors)), temperature, config, offset
             )
-        return (rows, *_flatten(residuals, config))
+        return (rows, *([] if counts is None else [counts]), *_flatten(residuals, config))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -59,9 +59,10 @@ class _Rows(torch.autograd.Function):
         with _no_autocast(grad_rows):
             if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_rows, *saved)):
                 # create_graph=True: rebuild the residuals with a graph back to the inputs.
-                _, residuals = _engine.forward(xp, inputs, temperature, config, offset)
+                residuals = _engine.forward(xp, inputs, temperature, config, offset)[2]
             else:
-                residuals = _unflatten(xp, inputs, saved[n:], config)
+                counted = _engine.general(config)  # the counts are no residual
+                residuals = _unflatten(xp, inputs, saved[n + counted :], config)
             grads = _engine.backward(xp, residuals, grad_rows, temperature, config, offset)
         learned = (grads.get("temperature"),) if ctx.static[4] is None else ()
         return (None, *(grads.get(k) for k in names), *learned)
@@ -92,14 +93,15 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
 def _unflatten(
     xp: Any, inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
 ) -> _engine.Residuals:
-    names, n = list(inputs), len(inputs)
+    names = [k for k in inputs if k not in _engine.LABEL_NAMES]
+    n = len(names)
     if config.normalize:
         units = dict(zip(names, leaves[:n]))
         lengths: dict[str, Any] = dict(zip(names, leaves[n : 2 * n]))
         leaves = leaves[2 * n :]
     else:  # the units are the inputs in the compute dtype
-        dtype = _engine.compute_dtype(xp, xp.result_type(*inputs.values()))
-        units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items()}
+        dtype = _engine.compute_dtype(xp, xp.result_type(*(inputs[k] for k in names)))
+        units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items() if k in names}
         lengths = dict.fromkeys(names)
     count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
@@ -111,21 +113,21 @@ class TorchAdapter:
     """Loss rows and value-and-grad for torch tensors, through torch autograd."""
 
     @staticmethod
-    def loss_rows(call: Call) -> torch.Tensor:
-        """Per-query losses of a checked call, differentiable through torch autograd."""
+    def loss_rows(call: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-query losses of a checked call, differentiable through torch autograd, and each
+        row's weight in a mean."""
         arrays, offset = gathered(call)
         t = call.temperature
         inputs = [*arrays.values(), *([t] if isinstance(t, torch.Tensor) else [])]
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
             # Nothing to differentiate: no Function, no residuals kept.
             with _no_autocast(inputs[0]):
-                rows: torch.Tensor = _engine.forward(call.xp, arrays, t, call.config, offset)[0]
-            return rows
+                rows, counts, _ = _engine.forward(call.xp, arrays, t, call.config, offset)
+            return rows, counts
         learnable = isinstance(t, torch.Tensor)
         static = (call.xp, call.config, offset, tuple(arrays), None if learnable else t)
         outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
-        rows = outputs[0]
-        return rows
+        return outputs[0], outputs[1] if _engine.general(call.config) else None
 
     @classmethod
     def value_and_grad(
@@ -133,13 +135,18 @@ class TorchAdapter:
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """``info_nce_value_and_grad`` for torch tensors: autograd through ``loss_rows``."""
         with torch.enable_grad():
-            inputs = {name: x.detach().requires_grad_() for name, x in call.arrays.items()}
+            inputs = {
+                name: x.detach().requires_grad_()
+                for name, x in call.arrays.items()
+                if name not in _engine.LABEL_NAMES
+            }
             temperature = call.temperature
             if isinstance(temperature, torch.Tensor):
                 inputs["temperature"] = temperature = temperature.detach().requires_grad_()
-            arrays = {k: v for k, v in inputs.items() if k != "temperature"}
+            arrays = {k: v for k, v in call.arrays.items() if k in _engine.LABEL_NAMES}
+            arrays |= {k: v for k, v in inputs.items() if k != "temperature"}
             call = call._replace(arrays=arrays, temperature=temperature)
-            loss = reduce(call, cls.loss_rows(call))
+            loss = reduce(call, *cls.loss_rows(call))
             grads = torch.autograd.grad(loss, list(inputs.values()), grad_output)
         return loss.detach(), dict(zip(inputs, grads))
 

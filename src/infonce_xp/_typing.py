@@ -8,6 +8,7 @@ Array = Any  # an array of any array-API library
 Namespace = Any  # an array-API namespace (``array_api_compat.array_namespace(x)``)
 Reduction = Literal["mean", "sum", "none"]
 NegativeMode = Literal["unpaired", "paired"]
+Positives = Literal["own", "supcon", "pairs"]
 
 
 @runtime_checkable

@@ -11,21 +11,74 @@ from torch import nn
 
 from ._call import check_call
 from ._dispatch import evaluate
-from ._options import Options, option_attributes, with_options
+from ._options import (
+    SUPERVISED,
+    Options,
+    check_supervised_options,
+    option_attributes,
+    with_options,
+    with_supervised_options,
+)
 from ._torch_grad_cache import grad_cache
 
-__all__ = ["AllGather", "InfoNCE", "all_gather", "grad_cache"]
+__all__ = ["AllGather", "InfoNCE", "SupervisedInfoNCE", "all_gather", "grad_cache"]
 
 MIN_TEMPERATURE = 0.01  # CLIP's bound on a learned temperature (logit scale <= 100)
 
 
+class _Loss(nn.Module):
+    """What the two modules share: checked options, and a temperature that may be learned."""
+
+    options: Options
+
+    def _set_temperature(self, temperature: Any, learn_temperature: Any) -> None:
+        if not isinstance(learn_temperature, bool):
+            raise TypeError(f"learn_temperature must be True or False; got {learn_temperature!r}")
+        self.learn_temperature = learn_temperature
+        if learn_temperature:
+            if isinstance(temperature, torch.Tensor) or temperature < MIN_TEMPERATURE:
+                raise ValueError(
+                    "learn_temperature=True needs temperature to be a float >= "
+                    f"{MIN_TEMPERATURE}; got {temperature!r}"
+                )
+            self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    @property
+    def temperature(self) -> Any:
+        if self.learn_temperature:
+            bound = math.log(1.0 / MIN_TEMPERATURE)
+            return torch.exp(-torch.clamp(self.log_inverse_temperature, max=bound))
+        return self.options.temperature
+
+    @temperature.setter
+    def temperature(self, value: Any) -> None:
+        if self.learn_temperature:
+            raise AttributeError("a learned temperature is set through log_inverse_temperature")
+        self.options = self.options.replace(temperature=value)
+
+    def _learned(self) -> Any:
+        """The temperature to override the options' with: the learned one, else None."""
+        return self.temperature if self.learn_temperature else None
+
+    def _repr(self, shown: str) -> str:
+        if not self.learn_temperature:
+            return shown
+        return shown + ", learn_temperature=True"
+
+    def _shown_temperature(self) -> dict[str, Any]:
+        if not self.learn_temperature:
+            return {}
+        return {"temperature": float(f"{float(self.temperature.detach()):.4g}")}
+
+
 @option_attributes
 @with_options
-class InfoNCE(nn.Module):
+class InfoNCE(_Loss):
     """The InfoNCE loss as a ``torch.nn.Module``: a drop-in for ``info_nce.InfoNCE``.
 
     The constructor of :class:`infonce_xp.InfoNCE`, plus ``learn_temperature``. The options are
-    checked once, here, and kept in ``options``; each is also an attribute.
+    checked once, here, and kept in ``options``; each is also an attribute. ``labels`` and
+    ``negative_labels`` are keyword arguments of the call, as in :func:`infonce_xp.info_nce`.
 
     Parameters
     ----------
@@ -55,8 +108,6 @@ class InfoNCE(nn.Module):
     True
     """
 
-    options: Options
-
     def __init__(
         self,
         temperature: float | torch.Tensor = 0.1,
@@ -68,52 +119,92 @@ class InfoNCE(nn.Module):
     ) -> None:
         super().__init__()
         self.options = Options.of(temperature, reduction, negative_mode, options)
-        if not isinstance(learn_temperature, bool):
-            raise TypeError(f"learn_temperature must be True or False; got {learn_temperature!r}")
-        self.learn_temperature = learn_temperature
-        if learn_temperature:
-            if isinstance(temperature, torch.Tensor) or temperature < MIN_TEMPERATURE:
-                raise ValueError(
-                    "learn_temperature=True needs temperature to be a float >= "
-                    f"{MIN_TEMPERATURE}; got {temperature!r}"
-                )
-            self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-
-    @property
-    def temperature(self) -> Any:
-        if self.learn_temperature:
-            bound = math.log(1.0 / MIN_TEMPERATURE)
-            return torch.exp(-torch.clamp(self.log_inverse_temperature, max=bound))
-        return self.options.temperature
-
-    @temperature.setter
-    def temperature(self, value: Any) -> None:
-        if self.learn_temperature:
-            raise AttributeError("a learned temperature is set through log_inverse_temperature")
-        self.options = self.options.replace(temperature=value)
+        self._set_temperature(temperature, learn_temperature)
 
     def forward(
         self,
         query: torch.Tensor,
         positive_key: torch.Tensor,
         negative_keys: torch.Tensor | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        negative_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         call = check_call(
             self.options,
             query=query,
             positive_key=positive_key,
             negative_keys=negative_keys,
-            temperature=self.temperature if self.learn_temperature else None,
+            labels=labels,
+            negative_labels=negative_labels,
+            temperature=self._learned(),
         )
         loss: torch.Tensor = evaluate(call)
         return loss
 
     def extra_repr(self) -> str:
-        if not self.learn_temperature:
-            return self.options.describe()
-        current = float(self.temperature.detach())
-        shown = self.options.describe(temperature=float(f"{current:.4g}"))
-        return shown + ", learn_temperature=True"
+        return self._repr(self.options.describe(**self._shown_temperature()))
+
+
+@option_attributes
+@with_supervised_options
+class SupervisedInfoNCE(_Loss):
+    """:func:`infonce_xp.supervised_info_nce` as a ``torch.nn.Module`` (SupCon, NT-Xent with
+    labels), with an optionally learned temperature.
+
+    Parameters
+    ----------
+    temperature : float, default 0.1
+        As in :func:`infonce_xp.supervised_info_nce`.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`infonce_xp.supervised_info_nce`.
+    learn_temperature : bool, default False
+        As in :class:`InfoNCE`.
+    positives : {"supcon", "pairs"}, default "supcon"
+        As in :func:`infonce_xp.supervised_info_nce`.
+    %(supervised_options)s
+
+    Examples
+    --------
+    >>> import torch
+    >>> from infonce_xp.torch import SupervisedInfoNCE
+    >>> loss_fn = SupervisedInfoNCE(temperature=0.1)
+    >>> embeddings = torch.randn(16, 32, requires_grad=True)
+    >>> loss = loss_fn(embeddings, torch.arange(16) % 4)
+    >>> loss.backward()
+    >>> embeddings.grad.shape
+    torch.Size([16, 32])
+    """
+
+    def __init__(
+        self,
+        temperature: float | torch.Tensor = 0.1,
+        reduction: str = "mean",
+        *,
+        learn_temperature: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        options = check_supervised_options(options)
+        self.options = Options.of(temperature, reduction, "unpaired", options)
+        self._set_temperature(temperature, learn_temperature)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        call = check_call(
+            self.options,
+            query=embeddings,
+            labels=labels,
+            temperature=self._learned(),
+            supervised=True,
+        )
+        loss: torch.Tensor = evaluate(call)
+        return loss
+
+    def extra_repr(self) -> str:
+        o = self.options
+        shown = {"temperature": o.temperature, "reduction": o.reduction}
+        shown |= {name: getattr(o, name) for name in SUPERVISED} | self._shown_temperature()
+        return self._repr(", ".join(f"{k}={v!r}" for k, v in shown.items()))
 
 
 class _AllGatherFunction(torch.autograd.Function):

@@ -1,0 +1,170 @@
+"""The recipes of DESIGN.md ("Recipes") in plain float64 NumPy, written the textbook way.
+
+Every row lists its candidates one by one (logit, own positive?, same-class?) in the contract's
+blocks: the keys when in-batch negatives are on (else the own positive alone), the other queries
+when ``same_view_negatives``, the explicit negatives. The three ``positives`` modes then read
+that list. Nothing here is shared with ``infonce_xp``; it is checked against the peers (the seed,
+pytorch-metric-learning, optax, sentence-transformers) in ``test_recipes_reference.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reference import normalise
+
+
+def _lse(z: np.ndarray) -> float:
+    """log(sum(exp(z))); -inf for no terms."""
+    if z.size == 0:
+        return -np.inf
+    top = z.max()
+    return float(top + np.log(np.exp(z - top).sum()))
+
+
+def _softplus(x: float) -> float:
+    return float(np.logaddexp(0.0, x))
+
+
+def _row_loss(z: np.ndarray, own: np.ndarray, same: np.ndarray, positives: str):
+    """One anchor's loss and number of positive pairs, from its candidates' logits and flags.
+
+    ``own`` marks the own positive (at most one), ``same`` the same-class candidates.
+    """
+    if positives == "own":
+        return _lse(z[~same]) - float(z[own][0]), 1
+    is_positive = own | same
+    count = int(is_positive.sum())
+    if count == 0:
+        return 0.0, 0
+    if positives == "supcon":
+        return _lse(z) - float(z[is_positive].mean()), count
+    if positives == "pairs":
+        log_negatives = _lse(z[~is_positive])
+        return sum(_softplus(log_negatives - zp) for zp in z[is_positive]), count
+    raise ValueError(positives)
+
+
+def _direction(
+    anchors, keys, same_view, negatives, labels, negative_labels, *, in_batch, t, positives
+):
+    """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i])."""
+    n = len(anchors)
+    rows, pairs = np.zeros(n), np.zeros(n, dtype=int)
+    no_label = [None] * n
+    for i in range(n):
+        candidates = []  # (vector, is the own positive, label or None)
+        if in_batch:
+            key_labels = no_label if labels is None else labels
+            candidates += [(keys[j], j == i, key_labels[j]) for j in range(n)]
+        else:
+            candidates.append((keys[i], True, None))
+        if same_view is not None:  # the anchor itself is hidden
+            view_labels = no_label if labels is None else labels
+            candidates += [(same_view[j], False, view_labels[j]) for j in range(n) if j != i]
+        if negatives is not None:
+            row_negatives = negatives if negatives.ndim == 2 else negatives[i]
+            row_labels = [None] * len(row_negatives)
+            if negative_labels is not None:
+                row_labels = negative_labels if negative_labels.ndim == 1 else negative_labels[i]
+            candidates += [(v, False, lab) for v, lab in zip(row_negatives, row_labels)]
+        z = np.array([float(anchors[i] @ v) / t for v, _, _ in candidates])
+        own = np.array([is_own for _, is_own, _ in candidates])
+        same = np.array(
+            [
+                not is_own and labels is not None and lab is not None and lab == labels[i]
+                for _, is_own, lab in candidates
+            ]
+        )
+        rows[i], pairs[i] = _row_loss(z, own, same, positives)
+    return rows, pairs
+
+
+def recipe_rows(
+    query,
+    positive_key,
+    negative_keys=None,
+    *,
+    temperature=0.1,
+    negative_mode="unpaired",
+    labels=None,
+    negative_labels=None,
+    positives="own",
+    in_batch_negatives=None,
+    same_view_negatives=False,
+    symmetric=False,
+    normalize=True,
+):
+    """Per-row losses (N,) and the total number of positive pairs, in float64.
+
+    With ``symmetric`` each row is the mean of its two directions, and the pair count is the
+    mean of theirs, so that ``rows.sum() / pairs`` is (all pairs' terms) / (number of pairs).
+    """
+    q, k = (np.asarray(a, dtype=np.float64) for a in (query, positive_key))
+    neg = None if negative_keys is None else np.asarray(negative_keys, dtype=np.float64)
+    if normalize:
+        q, k = normalise(q), normalise(k)
+        neg = None if neg is None else normalise(neg)
+    if neg is not None and neg.ndim != (3 if negative_mode == "paired" else 2):
+        raise ValueError("negative_keys does not fit negative_mode")
+    labels = None if labels is None else np.asarray(labels)
+    negative_labels = None if negative_labels is None else np.asarray(negative_labels)
+    in_batch = neg is None if in_batch_negatives is None else bool(in_batch_negatives)
+    common = {"t": temperature, "positives": positives}
+    rows, pairs = _direction(
+        q,
+        k,
+        q if same_view_negatives else None,
+        neg,
+        labels,
+        negative_labels,
+        in_batch=in_batch,
+        **common,
+    )
+    if not symmetric:
+        return rows, int(pairs.sum())
+    # key -> query: the queries are the key block, the other keys the same view; no negatives
+    back_rows, back_pairs = _direction(
+        k, q, k if same_view_negatives else None, None, labels, None, in_batch=True, **common
+    )
+    return (rows + back_rows) / 2, (int(pairs.sum()) + int(back_pairs.sum())) / 2
+
+
+def _reduce(rows, pairs, reduction, positives, rows_counted):
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return np.asarray(total)
+    if positives == "pairs":
+        return np.asarray(total / pairs if pairs else 0.0)
+    return np.asarray(total / rows_counted if rows_counted else 0.0)
+
+
+def recipe_loss(query, positive_key, negative_keys=None, *, reduction="mean", **options):
+    """``recipe_rows`` reduced: "none", "sum", or "mean" (over pairs for positives="pairs")."""
+    rows, pairs = recipe_rows(query, positive_key, negative_keys, **options)
+    return _reduce(rows, pairs, reduction, options.get("positives", "own"), len(rows))
+
+
+def supervised_rows(embeddings, labels, temperature=0.1, positives="supcon", normalize=True):
+    """Per-row losses (B,), the number of positive pairs and of rows that have a positive."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if normalize:
+        x = normalise(x)
+    labels = np.asarray(labels)
+    rows, pairs = np.zeros(len(x)), np.zeros(len(x), dtype=int)
+    for i in range(len(x)):
+        others = np.arange(len(x)) != i
+        z = x[others] @ x[i] / temperature
+        same = labels[others] == labels[i]
+        rows[i], pairs[i] = _row_loss(z, np.zeros_like(same), same, positives)
+    return rows, int(pairs.sum()), int((pairs > 0).sum())
+
+
+def supervised_loss(
+    embeddings, labels, temperature=0.1, positives="supcon", reduction="mean", normalize=True
+):
+    """``supervised_rows`` reduced; rows without a positive give 0 and are left out of "mean"."""
+    rows, pairs, anchors = supervised_rows(embeddings, labels, temperature, positives, normalize)
+    return _reduce(rows, pairs, reduction, positives, anchors)
