@@ -5,6 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.errors import ExtensionError
+
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT / "src"))  # document this checkout, installed or not
@@ -26,6 +30,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax 3 served from the built site (_static/mathjax/), not a CDN: formulas render offline
+    "sphinx-mathjax-offline",
 ]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
@@ -50,3 +56,13 @@ GENERATED = DOCS / "_generated"
 GENERATED.mkdir(exist_ok=True)
 figures.main(GENERATED / "negatives.png")
 loss_graph.main(GENERATED / "loss_graph.png")
+
+
+def _math_is_served_by_the_site(app: Sphinx, config: Config) -> None:
+    """Fail the build if MathJax would come from the network (formulas then need a connection)."""
+    if "://" in config.mathjax_path:
+        raise ExtensionError(f"mathjax_path must be a file of the site; got {config.mathjax_path}")
+
+
+def setup(app: Sphinx) -> None:
+    app.connect("config-inited", _math_is_served_by_the_site)
