@@ -132,6 +132,11 @@ def why_skip(block: Block, backend: str = "all") -> str | None:
     """The reason not to run a block here, or None to run it."""
     if "skip-test" in block.flags:
         return "marked skip-test in the page"
+    # Recipes (DESIGN.md) are being implemented: delete this check once supervised_info_nce exists.
+    if block.page.name == "recipes.md" and not hasattr(
+        importlib.import_module("infonce_xp"), "supervised_info_nce"
+    ):
+        return "needs the recipes (labels=, supervised_info_nce), not implemented yet"
     modules = imported_modules(block)
     libraries = [name for name in modules if name in BACKENDS_OF]
     if backend != "all" and libraries and not any(backend in BACKENDS_OF[n] for n in libraries):
