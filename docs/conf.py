@@ -55,6 +55,7 @@ pygments_dark_style = "monokai"
 GENERATED = DOCS / "_generated"
 GENERATED.mkdir(exist_ok=True)
 figures.main(GENERATED / "negatives.png")
+figures.recipes(GENERATED / "recipes.png")
 loss_graph.main(GENERATED / "loss_graph.png")
 
 

@@ -1,6 +1,7 @@
-"""Draw which (query, key) pairs are positives and negatives in each negative mode.
+"""Draw which (query, key) pairs are positives and negatives: the negative modes and the recipes.
 
-Run by ``conf.py`` at build time; ``python docs/figures.py OUT.png`` draws it by hand.
+Run by ``conf.py`` at build time; ``python docs/figures.py OUT.png [RECIPES.png]`` draws them by
+hand.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from matplotlib.patches import Patch
 
 N, M = 4, 3  # queries, negatives per query
 POSITIVE, NEGATIVE = "#4c9f70", "#e07a5f"
+SUPCON = "#8cc7a1"  # a same-class candidate counted as a positive
+IGNORED = "#b8b8b8"  # a same-class candidate dropped from the denominator
+HIDDEN = "#f2f2f2"  # a query's own entry in the same-view block
+CLASSES = "AABC"  # labels of the four rows in the recipes figure
 
 
 def labels(mode: str) -> list[list[str]]:
@@ -66,5 +71,80 @@ def main(out: Path) -> None:
     plt.close(fig)
 
 
+def recipe_cells(recipe: str) -> list[list[tuple[str, str]]]:
+    """(text, colour) of each candidate of each query, for one recipe (rows labelled CLASSES)."""
+    rows = range(N)
+    keys = [[f"$k_{j + 1}$" for j in rows] for _ in rows]
+
+    def by_label(i: int, j: int, same_class: str) -> str:
+        if i == j:
+            return POSITIVE
+        return same_class if CLASSES[i] == CLASSES[j] else NEGATIVE
+
+    if recipe in ("own", "supcon"):
+        same = IGNORED if recipe == "own" else SUPCON
+        return [[(keys[i][j], by_label(i, j, same)) for j in rows] for i in rows]
+    if recipe == "same-view":
+        return [
+            [(keys[i][j], POSITIVE if i == j else NEGATIVE) for j in rows]
+            + [("" if i == j else f"$q_{j + 1}$", HIDDEN if i == j else NEGATIVE) for j in rows]
+            for i in rows
+        ]
+    return [  # in_batch_negatives=True with paired hard negatives
+        [(keys[i][j], POSITIVE if i == j else NEGATIVE) for j in rows]
+        + [(f"$n_{{{i + 1}{m + 1}}}$", NEGATIVE) for m in range(2)]
+        for i in rows
+    ]
+
+
+def recipe_panel(ax: plt.Axes, recipe: str, title: str, subtitle: str) -> None:
+    cells = recipe_cells(recipe)
+    for i, row in enumerate(cells):
+        for j, (text, color) in enumerate(row):
+            ax.add_patch(plt.Rectangle((j, i), 0.94, 0.94, color=color, alpha=0.85))
+            ax.text(j + 0.47, i + 0.47, text, ha="center", va="center", color="white", fontsize=11)
+    if recipe != "own" and recipe != "supcon":  # the block after the in-batch keys
+        ax.axvline(N - 0.03, color="black", linewidth=1)
+    ax.set_xlim(-0.1, len(cells[0]))
+    ax.set_ylim(N, -0.1)
+    ax.set_xticks([])
+    labels = [
+        f"$q_{i + 1}$ ({CLASSES[i]})" if recipe in ("own", "supcon") else f"$q_{i + 1}$"
+        for i in range(N)
+    ]
+    ax.set_yticks([i + 0.47 for i in range(N)], labels)
+    ax.tick_params(length=0, labelsize=10)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=10.5)
+    ax.set_xlabel(subtitle, fontsize=9.5)
+
+
+def recipes(out: Path) -> None:
+    fig, axes = plt.subplots(
+        1, 4, figsize=(13, 3.9), layout="constrained", width_ratios=[N, N, 2 * N, N + 2]
+    )
+    recipe_panel(axes[0], "own", f"labels={CLASSES}", 'positives="own" (default)')
+    recipe_panel(axes[1], "supcon", f"labels={CLASSES}", 'positives="supcon" / "pairs"')
+    recipe_panel(axes[2], "same-view", "same_view_negatives=True", "keys | other queries (SimCLR)")
+    recipe_panel(axes[3], "hard", "in_batch_negatives=True", "keys | own hard negatives (paired)")
+    fig.legend(
+        handles=[
+            Patch(color=POSITIVE, label="own positive"),
+            Patch(color=SUPCON, label="same class: positive"),
+            Patch(color=IGNORED, label="same class: ignored"),
+            Patch(color=NEGATIVE, label="negative"),
+            Patch(color=HIDDEN, label="itself: hidden"),
+        ],
+        loc="outside lower center",
+        ncol=5,
+        frameon=False,
+    )
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "negatives.png"))
+    recipes(Path(sys.argv[2] if len(sys.argv) > 2 else "recipes.png"))
