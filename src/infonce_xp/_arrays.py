@@ -24,6 +24,7 @@ __all__ = [
     "device",
     "divide_into",
     "fill_diagonal",
+    "fill_where",
     "is_array_api_obj",
     "is_numpy_value",
     "is_symbolic_number",
@@ -241,6 +242,17 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
     if not isinstance(values, (int, float)):
         values = values[:, None]
     return xp.where(diagonal_mask(xp, x, offset, 0, 0), values, x)
+
+
+def fill_where(xp: Namespace, x: Array, mask: Array, value: float) -> Array:
+    """``where(mask, value, x)``, written over ``x`` where the library can (``x`` must be our
+    own): an N x M ``where`` allocates a matrix, which costs more than the pass itself."""
+    if not _may_overwrite(xp, x):
+        return xp.where(mask, value, x)
+    if hasattr(x, "masked_fill_"):  # torch: boolean __setitem__ would sync on nonzero()
+        return x.masked_fill_(mask, value)
+    x[mask] = value
+    return x
 
 
 def diagonal_mask(xp: Namespace, x: Array, offset: Any, row0: Any, col0: Any) -> Array:

@@ -29,7 +29,16 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _core
-from ._arrays import Scan, device
+from ._arrays import (
+    Scan,
+    device,
+    fill_diagonal,
+    fill_where,
+    multiply_into,
+    row_dot,
+    subtract_exp,
+    subtract_into,
+)
 from ._typing import Array, Namespace
 
 
@@ -37,6 +46,7 @@ class Problem(NamedTuple):
     """One direction's arrays (unit rows in the compute dtype) and how its cells are classed."""
 
     anchor: Array  # (N, D)
+    positive: Any  # (N, D): the own positives when they are in the shared block, else None
     shared: Any  # None or (M, D)
     paired: Any  # None or (N, Mp, D)
     labels: Any  # (N,): the anchors' labels; None without labels
@@ -131,13 +141,13 @@ def _lse_update(xp: Namespace, top: Array, total: Array, z: Array, hidden: Any) 
 def _masked_sum(xp: Namespace, mask: Any, x: Array) -> Array:
     if mask is None:
         return xp.zeros(x.shape[:-1], dtype=x.dtype, device=device(x))
-    return xp.sum(xp.where(mask, x, xp.zeros_like(x)), axis=-1)
+    return xp.sum(xp.where(mask, x, 0.0), axis=-1)
 
 
 def _count(xp: Namespace, mask: Any, z: Array) -> Array:
     if mask is None:
         return xp.zeros(z.shape[:-1], dtype=z.dtype, device=device(z))
-    return xp.sum(xp.astype(mask, z.dtype), axis=-1)
+    return xp.astype(xp.count_nonzero(mask, axis=-1), z.dtype)
 
 
 def _or(a: Any, b: Any) -> Any:
@@ -238,6 +248,8 @@ def forward(
     once (``chunk`` and ``scan`` are for :mod:`._cells_tiled`'s signature)."""
     n = p.anchor.shape[0]
     scaled = p.anchor * scale
+    if p.positives != "pairs" and p.paired is None and p.shared.shape[0] > 0:
+        return _shared_only(xp, p, scaled)
     tiles = []  # (logits, masks) of the shared and the paired block
     if p.shared is not None:
         z = shared_logits(scaled, p.shared)
@@ -259,6 +271,46 @@ def forward(
     if p.paired is None:
         responses.append(count[:0])
     return rows, count, (*responses, count)
+
+
+def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> Any:
+    """``forward`` for "own" and "supcon" with one shared block: the same rows and responses,
+    in as few passes over the N x M logits as the plain path makes (the own positive and the
+    anchor itself are strided writes, not masks; exps and responses overwrite the logits)."""
+    z = shared_logits(scaled, p.shared)
+    same = None
+    if p.labels is not None and p.shared_labels is not None:
+        same = p.labels[:, None] == p.shared_labels[None, :]
+        if p.labelled is not None:
+            same = same & p.labelled[None, :]
+        for column in (p.own, p.hide):  # the own positive, the anchor: not same-class cells
+            if column is not None:
+                same = fill_diagonal(xp, same, column, False)
+    n = z.shape[0]
+    count = zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
+    own_logit = None if p.own is None else row_dot(xp, scaled, p.positive)
+    zsum = zeros(xp, n, z) if own_logit is None else own_logit
+    if same is not None and p.positives == "own":
+        z = fill_where(xp, z, same, -xp.inf)
+    elif same is not None:  # as 0/1 logits, later the responses' share: in place
+        same = xp.astype(same, z.dtype)
+        count = count + xp.sum(same, axis=-1)
+        zsum = zsum + (z[:, None, :] @ same[:, :, None])[:, 0, 0]
+    if p.hide is not None:  # after the sums: 0 * -inf is NaN
+        z = fill_diagonal(xp, z, p.hide, -xp.inf)
+    top = _max(xp, z)
+    exps = subtract_exp(xp, z, _safe(xp, top)[:, None])
+    total = xp.sum(exps, axis=-1)
+    rows, count, _ = finish_rows(xp, p, (top, total, zsum, count))
+    has = count > 0
+    share = xp.where(has, 1.0 / xp.where(has, count, xp.ones_like(count)), xp.zeros_like(count))
+    responses = multiply_into(xp, exps, (1.0 / xp.where(total > 0, total, 1.0))[:, None])
+    if same is not None and p.positives == "supcon":
+        responses = subtract_into(xp, responses, multiply_into(xp, same, share[:, None]))
+    if own_logit is not None:  # exp(p - top) / total - 1 / count
+        own = xp.exp(own_logit - _safe(xp, top)) / total - share
+        responses = fill_diagonal(xp, responses, p.own, own)
+    return rows, count, (responses, count[:0], count)
 
 
 def _second(xp: Namespace, tiles: Any, lse_negatives: Array, sums: Any) -> Any:

@@ -25,7 +25,9 @@ from ._tiled import blocks, starts, unblock
 from ._typing import Array, Namespace
 
 
-def _row_blocks(xp: Namespace, p: Problem, scaled: Array, chunk: int, *extra: Array) -> tuple[Any, ...]:
+def _row_blocks(
+    xp: Namespace, p: Problem, scaled: Array, chunk: int, *extra: Array
+) -> tuple[Any, ...]:
     """The per-row inputs of a scan over row blocks (labels and paired block where present)."""
     n = scaled.shape[0]
     xs = [blocks(xp, scaled, chunk), starts(xp, n, chunk, scaled)]
@@ -54,7 +56,9 @@ def _key_blocks(xp: Namespace, p: Problem, chunk: int) -> tuple[Any, ...]:
     return tuple(xs)
 
 
-def _key_tile(xp: Namespace, p: Problem, scaled_i: Array, row0: Any, y: Any, key: tuple[Any, ...]) -> Any:
+def _key_tile(
+    xp: Namespace, p: Problem, scaled_i: Array, row0: Any, y: Any, key: tuple[Any, ...]
+) -> Any:
     """Logits and masks of one shared tile."""
     it = iter(key)
     keys, col0 = next(it), next(it)
