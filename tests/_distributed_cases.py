@@ -32,6 +32,8 @@ import numpy as np
 ROWS, DIM, UNPAIRED, PAIRED = 5, 8, 3, 4  # per worker: queries, features, negatives
 TEMPERATURE = 0.07
 INPUTS = ("query", "positive_key", "negative_keys")
+LABELS = ("labels", "negative_labels")  # split by rows like the inputs, never differentiated
+CLASSES = 3  # few classes: every worker's rows have same-class rows on the other workers
 TORCH_WORLDS, JAX_WORLDS = (2, 3), (2, 4)
 LOCAL = ("local", "local-novma", "pmap")  # JAX patterns that differentiate each device's own loss
 
@@ -45,14 +47,35 @@ class Case:
     reduction: str = "mean"
     api: str = "function"  # "function", "class", "value_and_grad" or "module" (torch only)
     jax: tuple[str, ...] = ("reduced",)  # the JAX patterns (see _distributed_jax_worker.py)
+    # the recipes (DESIGN.md): labelled rows (and unpaired negatives), supervised_info_nce
+    labels: bool = False
+    negative_labels: bool = False
+    positives: str = "own"
+    same_view: bool = False
+    in_batch: bool | None = None
+    supervised: bool = False
 
     def options(self) -> dict[str, Any]:
         """The loss's keyword options for this case."""
+        if self.supervised:
+            return {
+                "reduction": self.reduction,
+                "positives": self.positives,
+                "chunk_size": self.chunk_size,
+            }
+        recipe = {}
+        if self.labels:
+            recipe = {
+                "positives": self.positives,
+                "same_view_negatives": self.same_view,
+                "in_batch_negatives": self.in_batch,
+            }
         return {
             "reduction": self.reduction,
             "negative_mode": self.negatives or "unpaired",
             "symmetric": self.symmetric,
             "chunk_size": self.chunk_size,
+            **recipe,
         }
 
 
@@ -84,6 +107,34 @@ CASES = {
         symmetric=True, chunk_size=3, api="value_and_grad", jax=("local",)
     ),
     "module": Case(symmetric=True, api="module", jax=()),
+    # Recipes. "pairs" means over each worker's own pairs, and SupCon's over its rows that
+    # have a positive: with "none" (or "sum") the workers' numbers are the single process's.
+    "labels-own": Case(labels=True, learn=True),
+    "labels-supcon": Case(labels=True, positives="supcon", learn=True),
+    "labels-pairs": Case(labels=True, positives="pairs", reduction="none"),
+    "labels-nt-xent": Case(
+        labels=True, positives="supcon", symmetric=True, same_view=True, reduction="sum"
+    ),
+    "labels-negatives": Case(
+        "unpaired",
+        labels=True,
+        negative_labels=True,
+        in_batch=True,
+        positives="pairs",
+        same_view=True,
+        reduction="none",
+        learn=True,
+    ),
+    "supervised": Case(labels=True, supervised=True, positives="supcon", reduction="none"),
+    "labels-chunked": Case(
+        labels=True,
+        positives="pairs",
+        symmetric=True,
+        same_view=True,
+        chunk_size=3,
+        reduction="sum",
+        learn=True,
+    ),
 }
 
 
@@ -101,7 +152,12 @@ def make_inputs() -> dict[str, np.ndarray]:
             k = key(world, name)
             query = inputs[f"{k}/query"] = rng.normal(size=(n, DIM))
             # keys correlated with their queries, so that the loss is not flat
-            inputs[f"{k}/positive_key"] = query + 0.5 * rng.normal(size=(n, DIM))
+            if not case.supervised:
+                inputs[f"{k}/positive_key"] = query + 0.5 * rng.normal(size=(n, DIM))
+            if case.labels:
+                inputs[f"{k}/labels"] = rng.integers(0, CLASSES, size=n)
+            if case.negative_labels:
+                inputs[f"{k}/negative_labels"] = rng.integers(0, CLASSES, size=world * UNPAIRED)
             if case.negatives == "unpaired":
                 inputs[f"{k}/negative_keys"] = rng.normal(size=(world * UNPAIRED, DIM))
             elif case.negatives == "paired":
@@ -128,7 +184,7 @@ def local_block(
 ) -> dict[str, np.ndarray]:
     """This worker's rows: of the queries, their keys and paired negatives, and of unpaired negatives."""
     out = {}
-    for field in (*INPUTS, "grad_output"):
+    for field in (*INPUTS, *LABELS, "grad_output"):
         full = inputs.get(f"{k}/{field}")
         if full is None:
             continue
@@ -138,8 +194,54 @@ def local_block(
     return out
 
 
+def call(case: Case, args: list[Any], labels: dict[str, Any], temperature: Any, gather: Any) -> Any:
+    """The function API's loss of a recipe case (``supervised_info_nce`` or ``info_nce``)."""
+    import infonce_xp
+
+    if case.supervised:
+        return infonce_xp.supervised_info_nce(
+            *args, labels["labels"], temperature, gather=gather, **case.options()
+        )
+    return infonce_xp.info_nce(
+        *args, temperature=temperature, gather=gather, **labels, **case.options()
+    )
+
+
+def recipe_reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[str, Any]:
+    """``infonce_xp`` in one process on the whole batch (float64 torch autograd), its loss
+    checked against the float64 reference of ``reference_recipes.py``."""
+    import torch
+
+    from reference_recipes import recipe_loss, supervised_loss
+
+    arrays = {n: inputs[f"{k}/{n}"] for n in INPUTS if f"{k}/{n}" in inputs}
+    labels = {n: inputs[f"{k}/{n}"] for n in LABELS if f"{k}/{n}" in inputs}
+    tensors = {n: torch.tensor(a, requires_grad=True) for n, a in arrays.items()}
+    t = torch.tensor(TEMPERATURE, dtype=torch.float64, requires_grad=True)
+    labelled = {n: torch.asarray(v) for n, v in labels.items()}
+    loss = call(case, list(tensors.values()), labelled, t if case.learn else TEMPERATURE, None)
+    grad_output = inputs.get(f"{k}/grad_output")
+    (loss * (1.0 if grad_output is None else torch.tensor(grad_output))).sum().backward()
+    opts = {n: v for n, v in case.options().items() if n != "chunk_size"}
+    if case.supervised:
+        expected = supervised_loss(
+            arrays["query"], labels["labels"], TEMPERATURE, case.positives, case.reduction
+        )
+    else:
+        expected = recipe_loss(*arrays.values(), temperature=TEMPERATURE, **labels, **opts)
+    np.testing.assert_allclose(loss.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+    out = {"loss": loss.detach().numpy()}
+    out.update({n: x.grad.numpy() for n, x in tensors.items()})
+    if case.learn:
+        out["temperature"] = t.grad.numpy()
+    return out
+
+
 def reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[str, np.ndarray]:
-    """The seed (info-nce-pytorch) on the whole batch: loss and float64 autograd gradients."""
+    """The seed (info-nce-pytorch) on the whole batch: loss and float64 autograd gradients;
+    for the recipes, ``recipe_reference``."""
+    if case.labels:
+        return recipe_reference(case, inputs, k)
     import torch
     from info_nce import info_nce as seed
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from _distributed_cases import CASES, INPUTS, JAX_WORLDS, Case, key, read_inputs
+from _distributed_cases import CASES, INPUTS, JAX_WORLDS, LABELS, Case, call, key, read_inputs
 
 
 def shard_map(f: Any, mesh: Any, in_specs: Any, out_specs: Any, check_vma: bool) -> Any:
@@ -61,6 +61,8 @@ def jax_case(
     gather = all_gather("batch")
     names = [n for n in INPUTS if f"{k}/{n}" in inputs]
     arrays = [jnp.asarray(inputs[f"{k}/{n}"]) for n in names]
+    labelled = [n for n in LABELS if f"{k}/{n}" in inputs]  # sharded too, not differentiated
+    arrays += [jnp.asarray(inputs[f"{k}/{n}"]) for n in labelled]
     none = case.reduction == "none"
     grad_output = jnp.asarray(inputs[f"{k}/grad_output"]) if none else jnp.ones((world,))
     t = float(inputs[f"{k}/temperature"])
@@ -69,7 +71,10 @@ def jax_case(
 
     def objective(grad_output: Any, temperature: Any, *args: Any) -> tuple[Any, Any]:
         temp = t if temperature is None else temperature
-        if case.api == "class":
+        args, labels = args[: len(names)], dict(zip(labelled, args[len(names) :]))
+        if case.labels:
+            loss = call(case, list(args), labels, temp, gather)
+        elif case.api == "class":
             loss = infonce_xp.InfoNCE(temp, gather=gather, **opts)(*args)
         else:
             loss = infonce_xp.info_nce(*args, temperature=temp, gather=gather, **opts)
@@ -80,7 +85,7 @@ def jax_case(
         return value, loss
 
     def body(grad_output: Any, temperature: Any, *args: Any) -> tuple[Any, ...]:
-        argnums = (() if temperature is None else (1,)) + tuple(range(2, 2 + len(args)))
+        argnums = (() if temperature is None else (1,)) + tuple(range(2, 2 + len(names)))
         if case.api == "value_and_grad":
             loss, g = infonce_xp.info_nce_value_and_grad(
                 *args, temperature=t if temperature is None else temperature, **opts,
@@ -102,7 +107,7 @@ def jax_case(
     specs_out: tuple[Any, ...] = (
         P("batch"),
         *([P()] if temperature is not None else []),
-        *(P("batch") for _ in arrays),
+        *(P("batch") for _ in names),
     )
     if pattern == "pmap":
 

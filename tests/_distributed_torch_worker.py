@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from _distributed_cases import CASES, INPUTS, Case, key, local_block, read_inputs
+from _distributed_cases import CASES, INPUTS, LABELS, Case, call, key, local_block, read_inputs
 
 
 def torch_case(case: Case, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,6 +61,9 @@ def torch_case(case: Case, block: dict[str, np.ndarray]) -> dict[str, np.ndarray
     if case.api == "module":
         module = it.InfoNCE(t, learn_temperature=True, gather=it.all_gather, **opts).double()
         loss = module(*args)
+    elif case.labels:
+        labels = {n: torch.asarray(block[n]) for n in LABELS if n in block}
+        loss = call(case, args, labels, temperature, it.all_gather)
     elif case.api == "class":
         loss = infonce_xp.InfoNCE(temperature, gather=it.all_gather, **opts)(*args)
     else:
