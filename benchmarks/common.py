@@ -40,6 +40,10 @@ FULL: dict[str, Any] = {
     "percall_small_ns": [8, 32, 256],  # JAX eager and NumPy against hand-written versions
     "percall_small_budget_s": 5.0,
     "kernel_size": (32, 48, 128),  # N queries, M negatives, D
+    "recipes_size": (4096, 512),
+    "recipes_classes": 64,
+    "recipes_budget_s": 60.0,
+    "recipes_tiled": (32768, 128, 1024),  # N, D, chunk_size
     "child_timeout_s": 3 * 3600,
     "goals": True,  # the goals name the full run's sizes; the quick run reports none
 }
@@ -66,6 +70,9 @@ QUICK: dict[str, Any] = {
     "percall_small_ns": [8],
     "percall_small_budget_s": 0.2,
     "kernel_size": (8, 12, 16),
+    "recipes_size": (128, 32),
+    "recipes_budget_s": 0.2,
+    "recipes_tiled": (256, 16, 64),
     "child_timeout_s": 600,
     "goals": False,
 }

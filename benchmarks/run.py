@@ -21,6 +21,7 @@ import jax_jit
 import memory
 import numpy_grad
 import percall
+import recipes
 import report
 import tiled
 import torch_time
@@ -33,6 +34,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "numpy": numpy_grad.run,
     "tiled": tiled.run,
     "percall": percall.run,
+    "recipes": recipes.run,
 }
 SECTIONS = tuple(RUNNERS)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from . import _engine
-from ._arrays import library
+from ._arrays import library, traits
 from ._call import Call, gathered, mean_divisor, reduce
 from ._options import describe
 from ._typing import Array, Namespace, ScatteringGather
@@ -72,6 +72,9 @@ def adapter_for(xp: Namespace) -> Adapter:
     """The :class:`Adapter` that computes calls on ``xp``'s arrays (its library's autograd
     bridge, imported on first use, or the analytic default)."""
     if xp.__name__ not in _ADAPTERS:
+        # Probe the namespace here, outside any autograd Function: a compiler tracing the
+        # backward refuses the first write to the traits cache.
+        traits(xp)
         name = library(xp)
         adapter: Adapter = ANALYTIC
         if name == "torch":
