@@ -10,14 +10,17 @@ from typing import Any
 
 from _worker import PeakRSS, current_rss, interleaved, summary, torch_setup
 
-# impl -> the options of the call; "label-free" takes no labels
+# impl -> the options of the call; the "label-free" ones take no labels
 IMPLS: dict[str, dict[str, Any]] = {
     "label-free": {},
     "own": {"positives": "own"},
     "supcon": {"positives": "supcon"},
     "pairs": {"positives": "pairs"},
+    "label-free, same view": {"same_view_negatives": True},
     "supcon, same view": {"positives": "supcon", "same_view_negatives": True},
 }
+# each labelled call against the label-free call with the same candidates
+BASE = {impl: "label-free, same view" if "same view" in impl else "label-free" for impl in IMPLS}
 
 
 def recipes_step(
@@ -31,7 +34,7 @@ def recipes_step(
     query = torch.randn(n, dim, generator=gen, requires_grad=True)
     key = torch.randn(n, dim, generator=gen, requires_grad=True)
     options = dict(IMPLS[impl])
-    if impl != "label-free":
+    if not impl.startswith("label-free"):
         options["labels"] = torch.randint(0, classes, (n,), generator=gen)
 
     def step() -> None:
