@@ -56,6 +56,11 @@ class Traits:
         Reductions return scalars rather than 0-D arrays (NumPy).
     watched
         Whether, right now, a transform watches writes in place (``torch.func``).
+    diagonal_view
+        Whether, right now, arrays have a ``diagonal(offset)`` method that returns a writeable
+        view (torch and CuPy, eager): writing a diagonal through it is one call, where a
+        strided write through a flat reshape is three and parses a slice. (Inductor lowers
+        torch's ``diagonal`` with a deprecation warning: not while compiling.)
     vecdot
         The namespace's ``vecdot`` is at least as fast as ``sum(a * b)``: not so for
         array-api-compat's torch ``vecdot``, which goes through ``bmm`` and costs several times
@@ -66,6 +71,7 @@ class Traits:
     lazy: bool
     exp_in_place: str
     scalar_reductions: bool
+    diagonal_view: Callable[[], bool]
     vecdot: bool
     watched: Callable[[], bool]
 
@@ -90,6 +96,7 @@ def traits(xp: Namespace) -> Traits:
             lazy=bool(is_lazy_array(probe)),
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
+            diagonal_view=_diagonal_view(xp) if writeable else _never,
             vecdot=library(xp) != "torch",
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
         )
@@ -184,6 +191,23 @@ def _never() -> bool:
     return False
 
 
+def _diagonal_view(xp: Namespace) -> Callable[[], bool]:
+    square = xp.zeros((2, 2))
+    if not (hasattr(square, "diagonal") and is_writeable_array(square.diagonal())):
+        return _never  # NumPy's diagonal is read-only; the standard has none
+    return _not_compiling if library(xp) == "torch" else _always
+
+
+def _always() -> bool:
+    return True
+
+
+def _not_compiling() -> bool:
+    import torch
+
+    return not torch.compiler.is_compiling()
+
+
 def _torch_transforms_active() -> bool:
     import torch
 
@@ -235,6 +259,9 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
     """
     n, m = x.shape
     if isinstance(offset, int) and _may_overwrite(xp, x):
+        if traits(xp).diagonal_view():
+            x.diagonal(offset)[...] = values
+            return x
         flat = xp.reshape(x, (-1,))
         flat[offset :: m + 1] = values
         return xp.reshape(flat, (n, m))

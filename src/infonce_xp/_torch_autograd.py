@@ -7,6 +7,7 @@ import inspect
 from typing import Any
 
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from . import _engine
 from ._call import Call, gathered, reduce
@@ -71,6 +72,12 @@ class _Rows(torch.autograd.Function):
 # spares inspect rebuilding it.
 _Rows.forward.__signature__ = inspect.signature(_Rows.forward)  # type: ignore[attr-defined]
 
+# Outside torch.func's transforms and the compiler, Function.apply binds the arguments (a third of
+# the Function's own cost at small sizes, for a forward that takes ``*args``: nothing to bind),
+# unwraps dead transform wrappers and calls this C entry point, which runs forward and
+# setup_context and records the graph node. ``loss_rows`` calls it directly there.
+_apply = super(torch.autograd.Function, _Rows).apply
+
 
 def _no_autocast(like: torch.Tensor) -> Any:
     kind = like.device.type
@@ -89,6 +96,9 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
     return leaves
 
 
+_DIRECTIONS: dict[_engine.Config, int] = {}  # by static config: a plain dict traces cleanly
+
+
 def _unflatten(
     xp: Any, inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
 ) -> _engine.Residuals:
@@ -101,7 +111,9 @@ def _unflatten(
         dtype = _engine.compute_dtype(xp, xp.result_type(*inputs.values()))
         units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items()}
         lengths = dict.fromkeys(names)
-    count = len(_engine.directions(config, gathered=False))  # the same with gather
+    count = _DIRECTIONS.get(config)
+    if count is None:  # the same with gather
+        count = _DIRECTIONS[config] = len(_engine.directions(config, gathered=False))
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
     return _engine.Residuals(inputs, units, lengths, per_direction)
@@ -123,7 +135,10 @@ class TorchAdapter:
             return rows
         learnable = isinstance(t, torch.Tensor)
         static = (call.xp, call.config, offset, tuple(arrays), None if learnable else t)
-        outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
+        else:
+            outputs = _apply(static, *unwrap_dead_wrappers(tuple(inputs)))  # type: ignore[no-untyped-call]
         rows = outputs[0]
         return rows
 
