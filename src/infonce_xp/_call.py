@@ -69,8 +69,9 @@ def check_call(
     elif not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
     if t_array and not overridden:
-        # Options checked it once; an array may have changed since: read it again where that
-        # costs no device sync (a number cannot change).
+        # A class's Options checked it once, but an array may have changed since; a function's
+        # Options left it to this check. Read it where that costs no device sync (a number
+        # cannot change).
         check_temperature(temperature, sync=False)
     mode = options.negative_mode
     _check_arrays(xp, named, mode)

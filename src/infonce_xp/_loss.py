@@ -76,7 +76,7 @@ def info_nce(
     >>> info_nce(query, positive_key, rng.normal(size=(48, 128)), reduction="none").shape
     (32,)
     """
-    opts = Options.of(temperature, reduction, negative_mode, options)
+    opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     return evaluate(
         check_call(opts, query=query, positive_key=positive_key, negative_keys=negative_keys, xp=xp)
     )
@@ -129,7 +129,7 @@ def info_nce_value_and_grad(
     >>> grads.query.shape, grads.negative_keys is None
     ((8, 16), True)
     """
-    opts = Options.of(temperature, reduction, negative_mode, options)
+    opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     call = check_call(
         opts, query=query, positive_key=positive_key, negative_keys=negative_keys, xp=xp
     )
