@@ -75,9 +75,12 @@ def check_call(
         check_temperature(temperature, sync=False)
     mode = options.negative_mode
     _check_arrays(xp, named, mode)
-    devices = {name: device(x) for name, x in everything.items()}
-    if len({str(d) for d in devices.values() if d is not None}) > 1:
-        raise ValueError(f"all arrays of one call must be on one device; got {devices}")
+    devices = [device(x) for x in everything.values()]
+    first = next((d for d in devices if d is not None), None)
+    # str() only where the objects differ (it costs more than the comparison)
+    if any(d is not None and d != first and str(d) != str(first) for d in devices):
+        shown = dict(zip(everything, devices))
+        raise ValueError(f"all arrays of one call must be on one device; got {shown}")
     if options.symmetric and negative_keys is not None:
         raise ValueError(
             "symmetric=True scores keys against queries in-batch, so it takes no negative_keys; "
