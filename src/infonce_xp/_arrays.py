@@ -21,6 +21,7 @@ __all__ = [
     "Traits",
     "array_namespace",
     "as_array",
+    "clip_min",
     "device",
     "divide_into",
     "fill_diagonal",
@@ -32,6 +33,7 @@ __all__ = [
     "number",
     "python_scan",
     "row_dot",
+    "row_norms",
     "subtract_exp",
     "subtract_into",
     "traits",
@@ -281,6 +283,47 @@ def diagonal_mask(xp: Namespace, x: Array, offset: Any, row0: Any, col0: Any) ->
     rows = xp.arange(n, device=device(x)) + row0 + offset
     cols = xp.arange(m, device=device(x)) + col0
     return cols[None, :] == rows[:, None]
+
+
+# Delegation (array-api-extra's pattern): where array-api-compat's wrapper costs more than the
+# op, a primitive calls the library's own function of the same semantics, chosen once per
+# namespace. Measured on (8, 1) and (8, 128) float32 arrays: compat's NumPy clip 5.1 us, its
+# vector_norm 4 us, against 0.4 us for NumPy's maximum and 1.5 us for its sum of squares (what
+# numpy.linalg.norm computes); compat's torch maximum with a number 5.4 us, its clip 1.7 us.
+_DELEGATES: dict[str, tuple[Callable[[Array, float], Array], Callable[[Array], Array]]] = {}
+
+
+def _delegates(xp: Namespace) -> tuple[Callable[[Array, float], Array], Callable[[Array], Array]]:
+    found = _DELEGATES.get(xp.__name__)
+    if found is None:
+        if library(xp) == "torch":
+            import torch
+
+            found = (
+                lambda x, lower: torch.clamp(x, min=lower),
+                lambda x: torch.linalg.vector_norm(x, dim=-1, keepdim=True),
+            )
+        elif array_api_compat.is_numpy_namespace(xp):
+            import numpy as np
+
+            found = (np.maximum, lambda x: np.sqrt(np.sum(x * x, axis=-1, keepdims=True)))
+        else:
+            found = (
+                lambda x, lower: xp.clip(x, min=lower),
+                lambda x: xp.linalg.vector_norm(x, axis=-1, keepdims=True),
+            )
+        _DELEGATES[xp.__name__] = found
+    return found
+
+
+def clip_min(xp: Namespace, x: Array, lower: float) -> Array:
+    """``clip(x, min=lower)`` (NaN stays NaN), by the library's own function where cheaper."""
+    return _delegates(xp)[0](x, lower)
+
+
+def row_norms(xp: Namespace, x: Array) -> Array:
+    """``vector_norm`` over the last axis, kept (N, 1), by the library's own where cheaper."""
+    return _delegates(xp)[1](x)
 
 
 def row_dot(xp: Namespace, a: Array, b: Array) -> Array:
