@@ -21,6 +21,7 @@ __all__ = [
     "Traits",
     "array_namespace",
     "as_array",
+    "clip_min",
     "device",
     "divide_into",
     "fill_diagonal",
@@ -33,6 +34,7 @@ __all__ = [
     "number",
     "python_scan",
     "row_dot",
+    "row_norms",
     "subtract_exp",
     "subtract_into",
     "traits",
@@ -57,6 +59,11 @@ class Traits:
         Reductions return scalars rather than 0-D arrays (NumPy).
     watched
         Whether, right now, a transform watches writes in place (``torch.func``).
+    diagonal_view
+        Whether, right now, arrays have a ``diagonal(offset)`` method that returns a writeable
+        view (torch and CuPy, eager): writing a diagonal through it is one call, where a
+        strided write through a flat reshape is three and parses a slice. (Inductor lowers
+        torch's ``diagonal`` with a deprecation warning: not while compiling.)
     vecdot
         The namespace's ``vecdot`` is at least as fast as ``sum(a * b)``: not so for
         array-api-compat's torch ``vecdot``, which goes through ``bmm`` and costs several times
@@ -67,6 +74,7 @@ class Traits:
     lazy: bool
     exp_in_place: str
     scalar_reductions: bool
+    diagonal_view: Callable[[], bool]
     vecdot: bool
     watched: Callable[[], bool]
 
@@ -91,6 +99,7 @@ def traits(xp: Namespace) -> Traits:
             lazy=bool(is_lazy_array(probe)),
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
+            diagonal_view=_diagonal_view(xp) if writeable else _never,
             vecdot=library(xp) != "torch",
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
         )
@@ -155,6 +164,11 @@ def number(x: Array, *, sync: bool) -> float | None:
 
         if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return None
+        if x.device.type == "cpu" and x.dtype != torch.bfloat16:
+            # Host memory, read as such: float() dispatches _local_scalar_dense, the op of a
+            # synchronising read, which tools that watch for those (and our tests) would count.
+            with contextlib.suppress(RuntimeError, TypeError):  # a subclass may refuse
+                return float(x.detach().numpy())
         return float(x.detach()) if sync or x.device.type == "cpu" else None
     if lib in ("jax", "jaxlib"):
         import jax
@@ -183,6 +197,23 @@ def _may_overwrite(xp: Namespace, x: Array) -> bool:
 
 def _never() -> bool:
     return False
+
+
+def _diagonal_view(xp: Namespace) -> Callable[[], bool]:
+    square = xp.zeros((2, 2))
+    if not (hasattr(square, "diagonal") and is_writeable_array(square.diagonal())):
+        return _never  # NumPy's diagonal is read-only; the standard has none
+    return _not_compiling if library(xp) == "torch" else _always
+
+
+def _always() -> bool:
+    return True
+
+
+def _not_compiling() -> bool:
+    import torch
+
+    return not torch.compiler.is_compiling()
 
 
 def _torch_transforms_active() -> bool:
@@ -236,6 +267,9 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
     """
     n, m = x.shape
     if isinstance(offset, int) and _may_overwrite(xp, x):
+        if traits(xp).diagonal_view():
+            x.diagonal(offset)[...] = values
+            return x
         flat = xp.reshape(x, (-1,))
         flat[offset :: m + 1] = values
         return xp.reshape(flat, (n, m))
@@ -261,6 +295,47 @@ def diagonal_mask(xp: Namespace, x: Array, offset: Any, row0: Any, col0: Any) ->
     rows = xp.arange(n, device=device(x)) + row0 + offset
     cols = xp.arange(m, device=device(x)) + col0
     return cols[None, :] == rows[:, None]
+
+
+# Delegation (array-api-extra's pattern): where array-api-compat's wrapper costs more than the
+# op, a primitive calls the library's own function of the same semantics, chosen once per
+# namespace. Measured on (8, 1) and (8, 128) float32 arrays: compat's NumPy clip 5.1 us, its
+# vector_norm 4 us, against 0.4 us for NumPy's maximum and 1.5 us for its sum of squares (what
+# numpy.linalg.norm computes); compat's torch maximum with a number 5.4 us, its clip 1.7 us.
+_DELEGATES: dict[str, tuple[Callable[[Array, float], Array], Callable[[Array], Array]]] = {}
+
+
+def _delegates(xp: Namespace) -> tuple[Callable[[Array, float], Array], Callable[[Array], Array]]:
+    found = _DELEGATES.get(xp.__name__)
+    if found is None:
+        if library(xp) == "torch":
+            import torch
+
+            found = (
+                lambda x, lower: torch.clamp(x, min=lower),
+                lambda x: torch.linalg.vector_norm(x, dim=-1, keepdim=True),
+            )
+        elif array_api_compat.is_numpy_namespace(xp):
+            import numpy as np
+
+            found = (np.maximum, lambda x: np.sqrt(np.sum(x * x, axis=-1, keepdims=True)))
+        else:
+            found = (
+                lambda x, lower: xp.clip(x, min=lower),
+                lambda x: xp.linalg.vector_norm(x, axis=-1, keepdims=True),
+            )
+        _DELEGATES[xp.__name__] = found
+    return found
+
+
+def clip_min(xp: Namespace, x: Array, lower: float) -> Array:
+    """``clip(x, min=lower)`` (NaN stays NaN), by the library's own function where cheaper."""
+    return _delegates(xp)[0](x, lower)
+
+
+def row_norms(xp: Namespace, x: Array) -> Array:
+    """``vector_norm`` over the last axis, kept (N, 1), by the library's own where cheaper."""
+    return _delegates(xp)[1](x)
 
 
 def row_dot(xp: Namespace, a: Array, b: Array) -> Array:

@@ -79,14 +79,18 @@ def check_call(
     elif not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
     if t_array and not overridden:
-        # Options checked it once; an array may have changed since: read it again where that
-        # costs no device sync (a number cannot change).
+        # A class's Options checked it once, but an array may have changed since; a function's
+        # Options left it to this check. Read it where that costs no device sync (a number
+        # cannot change).
         check_temperature(temperature, sync=False)
     mode = options.negative_mode
     _check_arrays(xp, named, mode)
-    devices = {name: device(x) for name, x in everything.items()}
-    if len({str(d) for d in devices.values() if d is not None}) > 1:
-        raise ValueError(f"all arrays of one call must be on one device; got {devices}")
+    devices = [device(x) for x in everything.values()]
+    known = next((d for d in devices if d is not None), None)
+    # str() only where the objects differ (it costs more than the comparison)
+    if any(d is not None and d != known and str(d) != str(known) for d in devices):
+        shown = dict(zip(everything, devices))
+        raise ValueError(f"all arrays of one call must be on one device; got {shown}")
     in_batch = options.in_batch_negatives
     if in_batch is None or supervised:
         in_batch = negative_keys is None and not supervised

@@ -273,7 +273,9 @@ def forward(
     return rows, count, (*responses, count)
 
 
-def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> Any:
+def _shared_only(
+    xp: Namespace, p: Problem, scaled: Array
+) -> tuple[Array, Array, tuple[Array, ...]]:
     """``forward`` for "own" and "supcon" with one shared block: the same rows and responses,
     in as few passes over the N x M logits as the plain path makes (the own positive and the
     anchor itself are strided writes, not masks; exps and responses overwrite the logits)."""

@@ -18,10 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from ._arrays import (
+    clip_min,
     divide_into,
     fill_diagonal,
     multiply_into,
     row_dot,
+    row_norms,
     subtract_exp,
     subtract_into,
     traits,
@@ -43,7 +45,7 @@ def normalise(xp: Namespace, x: Array) -> tuple[Array, Array]:
     largest = xp.max(xp.abs(x), axis=-1, keepdims=True)
     largest = xp.where(largest > 0, largest, 1.0)
     scaled = x / largest
-    length = xp.clip(xp.linalg.vector_norm(scaled, axis=-1, keepdims=True), min=1.0)
+    length = clip_min(xp, row_norms(xp, scaled), 1.0)
     # |x| (inf for a row within sqrt(D) of the dtype's maximum, whose gradient is below its
     # smallest number anyway)
     return scaled / length, length * largest

@@ -94,7 +94,7 @@ def info_nce(
     >>> bool(info_nce(query, positive_key, labels=labels, positives="supcon") > 0)
     True
     """
-    opts = Options.of(temperature, reduction, negative_mode, options)
+    opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     return evaluate(
         check_call(
             opts,
@@ -158,7 +158,7 @@ def info_nce_value_and_grad(
     >>> grads.query.shape, grads.negative_keys is None
     ((8, 16), True)
     """
-    opts = Options.of(temperature, reduction, negative_mode, options)
+    opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     call = check_call(
         opts,
         query=query,
@@ -292,7 +292,8 @@ def supervised_info_nce(
     >>> loss.shape, bool(loss > 0)
     ((), True)
     """
-    opts = Options.of(temperature, reduction, "unpaired", check_supervised_options(options))
+    options = check_supervised_options(options)
+    opts = Options.of(temperature, reduction, "unpaired", options, for_call=True)
     return evaluate(check_call(opts, query=embeddings, labels=labels, xp=xp, supervised=True))
 
 

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import Any, TypeVar
 
-from ._arrays import array_namespace, is_array_api_obj, is_symbolic_number, number
+from ._arrays import (
+    array_namespace,
+    is_array_api_obj,
+    is_numpy_value,
+    is_symbolic_number,
+    number,
+)
 from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -218,16 +224,32 @@ gather : callable, optional
 
     @classmethod
     def of(
-        cls, temperature: Any, reduction: Any, negative_mode: Any, keywords: dict[str, Any]
+        cls,
+        temperature: Any,
+        reduction: Any,
+        negative_mode: Any,
+        keywords: dict[str, Any],
+        *,
+        for_call: bool = False,
     ) -> Options:
-        """Options from the seed's three and the keyword-only ones, naming any unknown keyword."""
+        """Options from the seed's three and the keyword-only ones, naming any unknown keyword.
+
+        ``for_call``: the options of one function call, whose temperature array (not NumPy) is
+        checked by ``check_call`` instead, where reading it costs no device synchronisation:
+        construction reads an array's value even from an accelerator, which at every call
+        would be a host synchronisation.
+        """
         unknown = keywords.keys() - KEYWORD_ONLY.keys()
         if unknown:
             raise TypeError(
                 f"unexpected keyword argument {sorted(unknown)[0]!r}; "
                 f"the keyword-only options are {', '.join(KEYWORD_ONLY)}"
             )
-        return cls(temperature, reduction, negative_mode, **keywords)
+        if not (for_call and is_array_api_obj(temperature) and not is_numpy_value(temperature)):
+            return cls(temperature, reduction, negative_mode, **keywords)
+        options = cls(1.0, reduction, negative_mode, **keywords)
+        object.__setattr__(options, "temperature", temperature)  # checked by check_call
+        return options
 
     def replace(self, **changes: Any) -> Options:
         """A copy with some options changed, checked again."""

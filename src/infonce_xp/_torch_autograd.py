@@ -7,6 +7,7 @@ import inspect
 from typing import Any
 
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from . import _engine
 from ._call import Call, gathered, reduce
@@ -68,9 +69,40 @@ class _Rows(torch.autograd.Function):
         return (None, *(grads.get(k) for k in names), *learned)
 
 
+class _EagerRows(_Rows):
+    """``_Rows`` for plain eager autograd, outside ``torch.func`` and ``torch.compile``.
+
+    The old ``forward(ctx, ...)`` form saves the residuals without returning them: each extra
+    output of a Function costs autograd bookkeeping at every call and in the backward (about
+    5 us of ~230 at (8, 16)). The backward is ``_Rows``' own.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> torch.Tensor:  # type: ignore[override]
+        (xp, config, offset, names, temperature), *tensors = args
+        if temperature is None:  # learnable: the last tensor
+            *tensors, temperature = tensors
+        with _no_autocast(tensors[0]):
+            rows, _, residuals = _engine.forward(  # no counts: the plain path only
+                xp, dict(zip(names, tensors)), temperature, config, offset
+            )
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*args[1:], *_flatten(residuals, config))  # as setup_context does
+        ctx.static = args[0]
+        return rows  # type: ignore[no-any-return]
+
+    setup_context = torch.autograd.Function.setup_context  # the forward above takes ctx
+
+
 # Function.apply binds its arguments to forward's signature at every call; a stored signature
 # spares inspect rebuilding it.
 _Rows.forward.__signature__ = inspect.signature(_Rows.forward)  # type: ignore[attr-defined]
+
+# Function.apply binds the arguments to forward's signature (a third of the Function's own cost
+# at small sizes, for a forward that takes ``*args``: nothing to bind), unwraps dead transform
+# wrappers and calls this C entry point, which runs forward and records the graph node.
+# ``loss_rows`` calls it directly outside transforms and the compiler.
+_eager_apply = super(torch.autograd.Function, _EagerRows).apply
 
 
 def _no_autocast(like: torch.Tensor) -> Any:
@@ -90,6 +122,18 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
     return leaves
 
 
+_DIRECTIONS: dict[_engine.Config, int] = {}  # by static config: a plain dict traces cleanly
+
+
+def _direction_count(config: _engine.Config) -> int:
+    """How many directions a call has (the same with gather); first asked in the forward,
+    outside the Function: a compiler tracing the backward refuses the cache write."""
+    count = _DIRECTIONS.get(config)
+    if count is None:
+        count = _DIRECTIONS[config] = len(_engine.directions(config, gathered=False))
+    return count
+
+
 def _unflatten(
     xp: Any, inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
 ) -> _engine.Residuals:
@@ -103,7 +147,7 @@ def _unflatten(
         dtype = _engine.compute_dtype(xp, xp.result_type(*(inputs[k] for k in names)))
         units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items() if k in names}
         lengths = dict.fromkeys(names)
-    count = len(_engine.directions(config, gathered=False))  # the same with gather
+    count = _direction_count(config)
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
     return _engine.Residuals(inputs, units, lengths, per_direction)
@@ -125,9 +169,14 @@ class TorchAdapter:
                 rows, counts, _ = _engine.forward(call.xp, arrays, t, call.config, offset)
             return rows, counts
         learnable = isinstance(t, torch.Tensor)
+        _direction_count(call.config)
         static = (call.xp, call.config, offset, tuple(arrays), None if learnable else t)
-        outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
-        return outputs[0], outputs[1] if _engine.general(call.config) else None
+        general = _engine.general(call.config)  # its rows come with counts
+        if general or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
+            return outputs[0], outputs[1] if general else None
+        rows = _eager_apply(static, *unwrap_dead_wrappers(tuple(inputs)))  # type: ignore[no-untyped-call]
+        return rows, None
 
     @classmethod
     def value_and_grad(
