@@ -23,6 +23,7 @@ __all__ = [
     "as_array",
     "clip_min",
     "device",
+    "diagonal",
     "divide_into",
     "fill_diagonal",
     "fill_where",
@@ -64,6 +65,9 @@ class Traits:
         view (torch and CuPy, eager): writing a diagonal through it is one call, where a
         strided write through a flat reshape is three and parses a slice. (Inductor lowers
         torch's ``diagonal`` with a deprecation warning: not while compiling.)
+    diagonal_read
+        Whether, right now, ``linalg.diagonal`` may be called: not while torch compiles, for
+        the same warning.
     vecdot
         The namespace's ``vecdot`` is at least as fast as ``sum(a * b)``: not so for
         array-api-compat's torch ``vecdot``, which goes through ``bmm`` and costs several times
@@ -75,6 +79,7 @@ class Traits:
     exp_in_place: str
     scalar_reductions: bool
     diagonal_view: Callable[[], bool]
+    diagonal_read: Callable[[], bool]
     vecdot: bool
     watched: Callable[[], bool]
 
@@ -100,6 +105,7 @@ def traits(xp: Namespace) -> Traits:
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
             diagonal_view=_diagonal_view(xp) if writeable else _never,
+            diagonal_read=_not_compiling if library(xp) == "torch" else _always,
             vecdot=library(xp) != "torch",
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
         )
@@ -219,9 +225,10 @@ def _not_compiling() -> bool:
 def _torch_transforms_active() -> bool:
     import torch
 
-    if torch.compiler.is_compiling():  # the compiler makes its own choice
+    # The C check first: it is the common answer, and the cheaper one.
+    if not torch._C._are_functorch_transforms_active():
         return False
-    return bool(torch._C._are_functorch_transforms_active())
+    return not torch.compiler.is_compiling()  # the compiler makes its own choice
 
 
 def subtract_exp(xp: Namespace, x: Array, shift: Array) -> Array:
@@ -287,6 +294,14 @@ def fill_where(xp: Namespace, x: Array, mask: Array, value: float) -> Array:
         return x.masked_fill_(mask, value)
     x[mask] = value
     return x
+
+
+def diagonal(xp: Namespace, x: Array, offset: Any) -> Array:
+    """A copy of the entries ``x[i, offset + i]`` (N,) of an (N, M) matrix."""
+    if isinstance(offset, int) and traits(xp).diagonal_read():
+        # + 0: a copy that autograd follows (the matrix is overwritten next)
+        return xp.linalg.diagonal(x, offset=offset) + 0.0
+    return xp.sum(xp.where(diagonal_mask(xp, x, offset, 0, 0), x, 0.0), axis=-1)
 
 
 def diagonal_mask(xp: Namespace, x: Array, offset: Any, row0: Any, col0: Any) -> Array:

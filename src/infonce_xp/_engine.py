@@ -56,8 +56,18 @@ def general(config: Config) -> bool:
     )
 
 
+_DIRECTIONS: dict[tuple[Config, bool], tuple[Direction, ...]] = {}  # plain dicts trace cleanly
+
+
 def directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
     """The query->key (and, symmetric, key->query) problems whose mean is the loss."""
+    found = _DIRECTIONS.get((config, gathered))
+    if found is None:
+        found = _DIRECTIONS[config, gathered] = _directions(config, gathered)
+    return found
+
+
+def _directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
     keys = ALL_KEYS if gathered else KEY
     queries = ALL_QUERIES if gathered else QUERY
     if config.supervised:
@@ -91,9 +101,16 @@ def tile(config: Config, candidates: Array) -> int | None:
     return None if candidates.shape[-2] == 0 else config.chunk_size
 
 
+_COMPUTE_DTYPES: dict[Any, Any] = {}
+
+
 def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     """At least float32: half-precision inputs are upcast for the logits and log-sum-exp."""
-    return dtype if xp.finfo(dtype).bits >= 32 else xp.float32
+    found = _COMPUTE_DTYPES.get((xp.__name__, dtype))
+    if found is None:
+        wide = dtype if xp.finfo(dtype).bits >= 32 else xp.float32
+        found = _COMPUTE_DTYPES[xp.__name__, dtype] = wide
+    return found
 
 
 class Residuals(NamedTuple):
