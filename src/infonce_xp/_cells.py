@@ -32,10 +32,10 @@ from . import _core
 from ._arrays import (
     Scan,
     device,
+    diagonal,
     fill_diagonal,
     fill_where,
     multiply_into,
-    row_dot,
     subtract_exp,
     subtract_into,
 )
@@ -46,7 +46,6 @@ class Problem(NamedTuple):
     """One direction's arrays (unit rows in the compute dtype) and how its cells are classed."""
 
     anchor: Array  # (N, D)
-    positive: Any  # (N, D): the own positives when they are in the shared block, else None
     shared: Any  # None or (M, D)
     paired: Any  # None or (N, Mp, D)
     labels: Any  # (N,): the anchors' labels; None without labels
@@ -290,7 +289,7 @@ def _shared_only(
                 same = fill_diagonal(xp, same, column, False)
     n = z.shape[0]
     count = zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
-    own_logit = None if p.own is None else row_dot(xp, scaled, p.positive)
+    own_logit = None if p.own is None else diagonal(xp, z, p.own)  # before z is written over
     zsum = zeros(xp, n, z) if own_logit is None else own_logit
     if same is not None and p.positives == "own":
         z = fill_where(xp, z, same, -xp.inf)

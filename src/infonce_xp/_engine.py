@@ -280,11 +280,11 @@ def _problem(
     """The blocks of a direction as one :class:`_cells.Problem`: shared blocks concatenated, a
     separate own positive as column 0 of the paired block."""
     y: Any = labels.get(LABELS) if config.labelled else None
-    parts, part_labels, own, hide, start, positive = [], [], None, None, 0, None
+    parts, part_labels, own, hide, start = [], [], None, None, 0
     for name, role in d.shared:
         block = units[name]
         if role == "own":
-            own, positive = offset + start, units[_LOCAL[name]]
+            own = offset + start
         elif role == "self":
             hide = offset + start
         parts.append(block)
@@ -312,7 +312,6 @@ def _problem(
             paired_labels = xp.concat([y[:, None], paired_labels], axis=1)
     return _cells.Problem(
         units[d.anchor],
-        positive,
         shared,
         paired,
         y,
