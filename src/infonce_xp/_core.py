@@ -19,7 +19,6 @@ from typing import Any
 
 from ._arrays import (
     clip_min,
-    diagonal,
     divide_into,
     fill_diagonal,
     multiply_into,
@@ -90,20 +89,18 @@ def forward(
     """
     scaled = anchor * scale
     logits = candidate_logits(xp, scaled, candidates)
+    positive_logit = row_dot(xp, scaled, positive)
     if offset is not None:
-        # In-batch, the positive is the logits' entry (i, offset + i): read there, it is
-        # exactly the row maximum when it leads (p_i - m_i = 0), and after the exp it is
-        # hidden (set to 0), so that it drops out of r_i. Nothing reads the logits after the
-        # exp, so XLA writes the exps (and the backward's weighted matrix) over their buffer.
-        positive_logit = diagonal(xp, logits, offset)
-        row_max = xp.max(logits, axis=-1)
-        exps = fill_diagonal(xp, subtract_exp(xp, logits, row_max[:, None]), offset, 0.0)
-    else:
-        positive_logit = row_dot(xp, scaled, positive)
-        row_max = positive_logit
-        if logits.shape[-1] > 0:
-            row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
-        exps = subtract_exp(xp, logits, row_max[:, None])
+        # In-batch, the positive's own entry among the candidates is hidden: exp() makes it 0,
+        # and the row maximum is max(p_i, other logits), so that p_i - m_i is exactly 0 when
+        # the positive leads. Nothing reads the logits after the exp, so XLA writes the exps
+        # (and the backward's weighted matrix) over the logits' buffer. (Reading p_i off the
+        # logits' diagonal instead keeps a second N x N buffer alive under XLA.)
+        logits = fill_diagonal(xp, logits, offset, -xp.inf)
+    row_max = positive_logit
+    if logits.shape[-1] > 0:
+        row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
+    exps = subtract_exp(xp, logits, row_max[:, None])
     others = xp.sum(exps, axis=-1)
     gap = positive_logit - row_max
     rows, partition = row_losses(xp, gap, others)
