@@ -167,7 +167,11 @@ def torch_peak(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS above the inputs of one forward+backward, then (within budget) its time."""
     impl, n, dim, chunk = spec["impl"], spec["n"], spec["d"], spec.get("chunk")
     torch_step(impl, 64, 16, chunk and min(chunk, 32))()  # load code paths, start thread pools
-    step = torch_step(impl, n, dim, chunk)
+    return peak_of(torch_step(impl, n, dim, chunk), spec.get("budget_s", 0))
+
+
+def peak_of(step: Callable[[], None], budget_s: float) -> dict[str, Any]:
+    """Peak RSS above what is resident before one ``step()``, then (within budget) its time."""
     gc.collect()
     meter = PeakRSS()
     baseline = current_rss()
@@ -178,7 +182,7 @@ def torch_peak(spec: dict[str, Any]) -> dict[str, Any]:
     peak = meter.peak()
     times = []
     spent = first
-    while spent + first < spec.get("budget_s", 0) and len(times) < 5:
+    while spent + first < budget_s and len(times) < 5:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)

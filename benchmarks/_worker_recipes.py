@@ -3,12 +3,10 @@ labelled losses against the label-free one, in time and in tiled peak memory."""
 
 from __future__ import annotations
 
-import gc
-import time
 from collections.abc import Callable
 from typing import Any
 
-from _worker import PeakRSS, current_rss, interleaved, summary, torch_setup
+from _worker import interleaved, peak_of, torch_setup
 
 # impl -> the options of the call; the "label-free" ones take no labels
 IMPLS: dict[str, dict[str, Any]] = {
@@ -55,19 +53,7 @@ def recipes_peak(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS above the inputs of one tiled forward+backward, and its time."""
     impl, n, dim, chunk = spec["impl"], spec["n"], spec["d"], spec["chunk"]
     recipes_step(impl, 64, 16, spec["classes"], min(chunk, 32))()  # load code paths
-    step = recipes_step(impl, n, dim, spec["classes"], chunk)
-    gc.collect()
-    meter = PeakRSS()
-    baseline = current_rss()
-    meter.reset()
-    start = time.perf_counter()
-    step()
-    seconds = time.perf_counter() - start
-    return {
-        "peak_bytes": max(meter.peak() - baseline, 0),
-        "method": meter.method,
-        "time": summary([seconds]),
-    }
+    return peak_of(recipes_step(impl, n, dim, spec["classes"], chunk), 0.0)
 
 
 JOBS = {"recipes_time": recipes_time, "recipes_peak": recipes_peak}

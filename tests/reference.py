@@ -59,3 +59,14 @@ def seed(
         return loss.detach().numpy()
     loss.sum().backward()
     return loss.detach().numpy(), [None if t is None else t.grad.numpy() for t in tensors]
+
+
+def finite_difference(f, x, eps=1e-6):
+    """Central differences of the scalar ``f`` at ``x`` (an array, or a number)."""
+    x = np.asarray(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        grad[index] = (f(x + step) - f(x - step)) / (2 * eps)
+    return grad if grad.ndim else float(grad)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infonce_xp import info_nce, info_nce_value_and_grad
-from reference import reduce, reference_rows, seed
+from reference import finite_difference, reduce, reference_rows, seed
 from test_loss import problems
 
 
@@ -33,15 +33,6 @@ def test_gradients_match_seed_autograd(backend, problem, dtype):
             # The normalisation's gradient carries a 1/|row| factor, and so does its round-off.
             row_scale = np.maximum(1.0, 1.0 / np.linalg.norm(x, axis=-1, keepdims=True))
             assert np.all(np.abs(got - ref) <= rtol * np.abs(ref) + atol * row_scale)
-
-
-def _finite_difference(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[index] = eps
-        grad[index] = (f(x + step) - f(x - step)) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize("mode", ["in-batch", "unpaired", "paired", "symmetric"])
@@ -73,14 +64,14 @@ def test_gradients_match_finite_differences(backend, mode, normalize, reduction)
         **options,
     )
     backend.assert_close(
-        got[0], _finite_difference(lambda x: value(x, k, neg, t), q), rtol=1e-6, atol=1e-8
+        got[0], finite_difference(lambda x: value(x, k, neg, t), q), rtol=1e-6, atol=1e-8
     )
     backend.assert_close(
-        got[1], _finite_difference(lambda x: value(q, x, neg, t), k), rtol=1e-6, atol=1e-8
+        got[1], finite_difference(lambda x: value(q, x, neg, t), k), rtol=1e-6, atol=1e-8
     )
     if neg is not None:
         backend.assert_close(
-            got[2], _finite_difference(lambda x: value(q, k, x, t), neg), rtol=1e-6, atol=1e-8
+            got[2], finite_difference(lambda x: value(q, k, x, t), neg), rtol=1e-6, atol=1e-8
         )
     fd_t = (value(q, k, neg, t + 1e-6) - value(q, k, neg, t - 1e-6)) / 2e-6
     backend.assert_close(got[3], fd_t, rtol=1e-6)

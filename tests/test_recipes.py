@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import infonce_xp
-from reference import seed
+from reference import finite_difference, seed
 from reference_recipes import recipe_loss, supervised_loss
 
 N, M, D, T = 7, 4, 5, 0.3
@@ -136,15 +136,6 @@ def test_class_api_matches_function(backend):
 _FD_CACHE: dict = {}
 
 
-def _finite_difference(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[index] = eps
-        grad[index] = (f(x + step) - f(x - step)) / (2 * eps)
-    return grad
-
-
 def reference_gradients(case, positives, reduction, grad_output):
     """Finite differences of the reference (q, k, negatives, temperature); cached per case."""
     key = (case, positives, reduction)
@@ -157,10 +148,10 @@ def reference_gradients(case, positives, reduction, grad_output):
             return float(np.sum(grad_output * loss))
 
         _FD_CACHE[key] = [
-            _finite_difference(lambda x: value(x, k, neg, T), q),
-            _finite_difference(lambda x: value(q, x, neg, T), k),
-            None if neg is None else _finite_difference(lambda x: value(q, k, x, T), neg),
-            _finite_difference(lambda t: value(q, k, neg, float(t)), np.asarray(T)),
+            finite_difference(lambda x: value(x, k, neg, T), q),
+            finite_difference(lambda x: value(q, x, neg, T), k),
+            None if neg is None else finite_difference(lambda x: value(q, k, x, T), neg),
+            finite_difference(lambda t: value(q, k, neg, float(t)), np.asarray(T)),
         ]
     return _FD_CACHE[key]
 
@@ -261,7 +252,7 @@ def test_supervised_torch_module_gradients(positives, chunk_size):
     loss.backward()
     expected = supervised_loss(x, y, T, positives)
     np.testing.assert_allclose(loss.item(), expected, **F64)
-    fd = _finite_difference(lambda v: float(supervised_loss(v, y, T, positives)), x)
+    fd = finite_difference(lambda v: float(supervised_loss(v, y, T, positives)), x)
     np.testing.assert_allclose(leaf.grad.numpy(), fd, rtol=1e-6, atol=1e-8)
     assert torch.isfinite(leaf.grad).all()
 
@@ -280,7 +271,7 @@ def test_supervised_jax_grad_and_jit(positives):
 
     value, grad = jax.jit(jax.value_and_grad(loss))(jax.numpy.asarray(x), jax.numpy.asarray(y))
     np.testing.assert_allclose(float(value), supervised_loss(x, y, T, positives), **F64)
-    fd = _finite_difference(lambda v: float(supervised_loss(v, y, T, positives)), x)
+    fd = finite_difference(lambda v: float(supervised_loss(v, y, T, positives)), x)
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-6, atol=1e-8)
 
 

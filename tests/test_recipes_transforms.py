@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import infonce_xp
+from reference import finite_difference
 from reference_recipes import recipe_loss, supervised_loss
 
 N, M, D, T = 6, 4, 5, 0.3
@@ -45,10 +46,6 @@ def problem(case: str, seed: int = 0, scale: float = 1.0):
         neg = scale * rng.normal(size=(M, D))
         options["negative_labels"] = rng.integers(0, 3, size=M)
     return (q, k, neg), options
-
-
-def finite_difference(f, x: float, eps: float = 1e-6) -> float:
-    return (f(x + eps) - f(x - eps)) / (2 * eps)
 
 
 # JAX: jit, vmap, grad ----------------------------------------------------------------------

@@ -122,18 +122,6 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
     return leaves
 
 
-_DIRECTIONS: dict[_engine.Config, int] = {}  # by static config: a plain dict traces cleanly
-
-
-def _direction_count(config: _engine.Config) -> int:
-    """How many directions a call has (the same with gather); first asked in the forward,
-    outside the Function: a compiler tracing the backward refuses the cache write."""
-    count = _DIRECTIONS.get(config)
-    if count is None:
-        count = _DIRECTIONS[config] = len(_engine.directions(config, gathered=False))
-    return count
-
-
 def _unflatten(
     xp: Any, inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
 ) -> _engine.Residuals:
@@ -147,7 +135,7 @@ def _unflatten(
         dtype = _engine.compute_dtype(xp, xp.result_type(*(inputs[k] for k in names)))
         units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items() if k in names}
         lengths = dict.fromkeys(names)
-    count = _direction_count(config)
+    count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
     return _engine.Residuals(inputs, units, lengths, per_direction)
@@ -169,7 +157,9 @@ class TorchAdapter:
                 rows, counts, _ = _engine.forward(call.xp, arrays, t, call.config, offset)
             return rows, counts
         learnable = isinstance(t, torch.Tensor)
-        _direction_count(call.config)
+        # Cached by the engine; asked here first, outside the Function: a compiler tracing the
+        # backward (where _unflatten asks) refuses the cache's first write.
+        _engine.directions(call.config, gathered=False)
         static = (call.xp, call.config, offset, tuple(arrays), None if learnable else t)
         general = _engine.general(call.config)  # its rows come with counts
         if general or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
