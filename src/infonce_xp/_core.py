@@ -19,11 +19,14 @@ from typing import Any
 
 from ._arrays import (
     clip_min,
+    diagonal,
     divide_into,
     fill_diagonal,
+    fill_where,
     multiply_into,
     row_dot,
     row_norms,
+    subtract_diagonal,
     subtract_exp,
     subtract_into,
     traits,
@@ -43,7 +46,7 @@ def normalise(xp: Namespace, x: Array) -> tuple[Array, Array]:
     """
     # max(abs(x)): torch's vector_norm(ord=inf) is twenty times slower on CPU.
     largest = xp.max(xp.abs(x), axis=-1, keepdims=True)
-    largest = xp.where(largest > 0, largest, 1.0)
+    largest = fill_where(xp, largest, largest == 0, 1.0)  # NaN stays NaN
     scaled = x / largest
     length = clip_min(xp, row_norms(xp, scaled), 1.0)
     # |x| (inf for a row within sqrt(D) of the dtype's maximum, whose gradient is below its
@@ -89,24 +92,29 @@ def forward(
     """
     scaled = anchor * scale
     logits = candidate_logits(xp, scaled, candidates)
-    positive_logit = row_dot(xp, scaled, positive)
-    if offset is not None:
-        # In-batch, the positive's own entry among the candidates is hidden: exp() makes it 0,
-        # and the row maximum is max(p_i, other logits), so that p_i - m_i is exactly 0 when
-        # the positive leads. Nothing reads the logits after the exp, so XLA writes the exps
-        # (and the backward's weighted matrix) over the logits' buffer. (Reading p_i off the
-        # logits' diagonal instead keeps a second N x N buffer alive under XLA.)
+    if offset is not None and not traits(xp).lazy:
+        # In-batch, the positive's own entry among the candidates is read, then hidden: exp()
+        # makes it 0. p_i is one of the row's logits, so p_i - m_i is exactly 0 when it leads.
+        positive_logit = diagonal(xp, logits, offset)
+        row_max = xp.max(logits, axis=-1)
         logits = fill_diagonal(xp, logits, offset, -xp.inf)
-    row_max = positive_logit
-    if logits.shape[-1] > 0:
-        row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
+    else:
+        # The same for a fusing compiler (XLA), from the rows themselves: nothing reads the
+        # logits after the exp, so XLA writes the exps (and the backward's weighted matrix)
+        # over the logits' buffer, where reading the diagonal keeps a second N x N buffer.
+        positive_logit = row_dot(xp, scaled, positive)
+        if offset is not None:
+            logits = fill_diagonal(xp, logits, offset, -xp.inf)
+        row_max = positive_logit
+        if logits.shape[-1] > 0:
+            row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
     exps = subtract_exp(xp, logits, row_max[:, None])
     others = xp.sum(exps, axis=-1)
     gap = positive_logit - row_max
     rows, partition = row_losses(xp, gap, others)
     if offset is not None:
         # For the backward: the positive's logit gradient, up to the row's weight, is -r_i.
-        exps = fill_diagonal(xp, exps, offset, -others)
+        exps = subtract_diagonal(xp, exps, offset, others)
     return rows, (exps, others, partition)
 
 

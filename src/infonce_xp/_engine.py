@@ -6,6 +6,7 @@ two functions; nothing else holds the math.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from . import _cells, _cells_tiled, _core, _tiled
@@ -114,11 +115,16 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
 
 
 class Residuals(NamedTuple):
-    """Arrays only (a pytree for ``jax.custom_vjp``); the rest is re-derived from the call."""
+    """Arrays only (a pytree for ``jax.custom_vjp``); the rest is re-derived from the call.
+
+    ``units`` holds the rows of every floating input, normalised and stacked by name (see
+    :func:`stacked`), and ``lengths`` their lengths (R, 1); both are None without
+    normalisation.
+    """
 
     inputs: dict[str, Array]
-    units: dict[str, Array]
-    lengths: dict[str, Array | None]
+    units: Array | None
+    lengths: Array | None
     per_direction: list[tuple[Array, ...]]
 
 
@@ -145,12 +151,12 @@ def forward(
     array. A row's weight is its number of positive pairs with ``positives="pairs"``, else
     whether it has a positive.
     """
-    floats = {k: x for k, x in arrays.items() if k not in LABEL_NAMES}
-    dtype = compute_dtype(xp, xp.result_type(*floats.values()))
-    units, lengths = {}, {}
-    for name, x in floats.items():
-        x = x if x.dtype == dtype else xp.astype(x, dtype)
-        units[name], lengths[name] = _core.normalise(xp, x) if config.normalize else (x, None)
+    floats = _floats(xp, arrays)
+    stack = lengths = None
+    if config.normalize:
+        stack, lengths = _core.normalise(xp, stacked(xp, floats))
+    units = floats if stack is None else unstacked(xp, stack, floats)
+    dtype = stack.dtype if stack is not None else next(iter(floats.values())).dtype
     scale = scale_of(xp, temperature, dtype)
     loop = scan or python_scan(xp)
     rows: Any = None
@@ -176,7 +182,37 @@ def forward(
     if len(per_direction) > 1:
         rows = rows / len(per_direction)
         counts = None if counts is None else counts / len(per_direction)
-    return rows, counts, Residuals(dict(arrays), units, lengths, per_direction)
+    return rows, counts, Residuals(dict(arrays), stack, lengths, per_direction)
+
+
+def _floats(xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
+    """The floating arrays of a call (not the labels), in their compute dtype, by name: the
+    order of the stacked units, the same after a pytree (JAX sorts a dict's keys) or not."""
+    floats = {k: arrays[k] for k in sorted(arrays) if k not in LABEL_NAMES}
+    dtypes = {x.dtype for x in floats.values()}
+    dtype = compute_dtype(xp, dtypes.pop() if len(dtypes) == 1 else xp.result_type(*dtypes))
+    return {k: x if x.dtype == dtype else xp.astype(x, dtype) for k, x in floats.items()}
+
+
+def stacked(xp: Namespace, arrays: dict[str, Array]) -> Array:
+    """The rows (last axis) of every array, stacked into one (R, D) array in dict order.
+
+    Row-wise work (normalisation and its backward) then runs once for all inputs: at small
+    sizes each operation's fixed cost, not its arithmetic, is what a call pays.
+    """
+    rows = [x if x.ndim == 2 else xp.reshape(x, (-1, x.shape[-1])) for x in arrays.values()]
+    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=0)
+
+
+def unstacked(xp: Namespace, stack: Array, like: dict[str, Array]) -> dict[str, Array]:
+    """``stack``'s rows back as arrays of the shapes of ``like`` (the inverse of ``stacked``)."""
+    out, start = {}, 0
+    for name, x in like.items():
+        rows = math.prod(x.shape[:-1])
+        part = stack[start : start + rows, ...]
+        out[name] = part if x.ndim == 2 else xp.reshape(part, x.shape)
+        start += rows
+    return out
 
 
 def backward(
@@ -187,11 +223,14 @@ def backward(
     config: Config,
     offset: Any = 0,
     scan: Scan | None = None,
+    wanted: Any = None,
 ) -> dict[str, Array]:
     """Gradients of ``sum(grad_rows * rows)``: one per floating array name, in that array's
     dtype, and ``"temperature"`` when the temperature is an array. Arguments as given to
-    ``forward``."""
-    units = residuals.units
+    ``forward``; ``wanted``, if given, names the arrays whose gradient is returned."""
+    floats = _floats(xp, residuals.inputs)
+    stack, lengths = residuals.units, residuals.lengths
+    units = floats if stack is None else unstacked(xp, stack, floats)
     dtype = units[QUERY].dtype
     scale = scale_of(xp, temperature, dtype)
     grad_rows = grad_rows if grad_rows.dtype == dtype else xp.astype(grad_rows, dtype)
@@ -235,12 +274,18 @@ def backward(
             g_scale = parts[3]
         if g_scale is not None:
             grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
-    out = {}
-    for name, g in grads.items():
-        length = residuals.lengths[name]
-        if length is not None:
-            g = _core.normalise_backward(xp, units[name], length, g)
-        out[name] = _narrow(xp, g, residuals.inputs[name].dtype)
+    if wanted is not None:
+        grads = {k: g for k, g in grads.items() if k in wanted}
+    if stack is not None and lengths is not None:
+        if grads.keys() == floats.keys():  # all at once, as in the forward
+            g = stacked(xp, {k: grads[k] for k in floats})
+            g = _core.normalise_backward(xp, stack, lengths, g)
+            grads = unstacked(xp, g, floats)
+        else:  # name by name, on their rows of the stack
+            lengths_of = unstacked(xp, lengths, {k: x[..., :1] for k, x in floats.items()})
+            for name, g in grads.items():
+                grads[name] = _core.normalise_backward(xp, units[name], lengths_of[name], g)
+    out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
     if not isinstance(temperature, (int, float)):
         # d/dt f(1/t) = -f'(s) s^2
         grad_temperature = as_array(xp, -(grad_scale * scale * scale))

@@ -63,8 +63,9 @@ class _Rows(torch.autograd.Function):
                 residuals = _engine.forward(xp, inputs, temperature, config, offset)[2]
             else:
                 counted = _engine.general(config)  # the counts are no residual
-                residuals = _unflatten(xp, inputs, saved[n + counted :], config)
-            grads = _engine.backward(xp, residuals, grad_rows, temperature, config, offset)
+                residuals = _unflatten(inputs, saved[n + counted :], config)
+            wanted = {k for k, needed in zip(names, ctx.needs_input_grad[1:]) if needed}
+            grads = _engine.backward(xp, residuals, grad_rows, temperature, config, offset, wanted=wanted)
         learned = (grads.get("temperature"),) if ctx.static[4] is None else ()
         return (None, *(grads.get(k) for k in names), *learned)
 
@@ -114,27 +115,18 @@ def _no_autocast(like: torch.Tensor) -> Any:
 
 def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch.Tensor]:
     """The residuals that are not inputs, as a flat list of tensors (see ``_unflatten``)."""
-    leaves = []
-    if config.normalize:
-        leaves += [*residuals.units.values(), *residuals.lengths.values()]
+    leaves = [residuals.units, residuals.lengths] if config.normalize else []
     for part in residuals.per_direction:
         leaves.extend(part)
     return leaves
 
 
 def _unflatten(
-    xp: Any, inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
+    inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
 ) -> _engine.Residuals:
-    names = [k for k in inputs if k not in _engine.LABEL_NAMES]
-    n = len(names)
+    units = lengths = None
     if config.normalize:
-        units = dict(zip(names, leaves[:n]))
-        lengths: dict[str, Any] = dict(zip(names, leaves[n : 2 * n]))
-        leaves = leaves[2 * n :]
-    else:  # the units are the inputs in the compute dtype
-        dtype = _engine.compute_dtype(xp, xp.result_type(*(inputs[k] for k in names)))
-        units = {k: x if x.dtype == dtype else x.to(dtype) for k, x in inputs.items() if k in names}
-        lengths = dict.fromkeys(names)
+        (units, lengths), leaves = leaves[:2], leaves[2:]
     count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
