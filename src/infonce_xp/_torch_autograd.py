@@ -65,7 +65,9 @@ class _Rows(torch.autograd.Function):
                 counted = _engine.general(config)  # the counts are no residual
                 residuals = _unflatten(inputs, saved[n + counted :], config)
             wanted = {k for k, needed in zip(names, ctx.needs_input_grad[1:]) if needed}
-            grads = _engine.backward(xp, residuals, grad_rows, temperature, config, offset, wanted=wanted)
+            grads = _engine.backward(
+                xp, residuals, grad_rows, temperature, config, offset, wanted=wanted
+            )
         learned = (grads.get("temperature"),) if ctx.static[4] is None else ()
         return (None, *(grads.get(k) for k in names), *learned)
 
