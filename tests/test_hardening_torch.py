@@ -215,3 +215,33 @@ def test_tensor_temperature_is_checked_at_construction_and_call():
     t = torch.tensor(0.1)
     torch.testing.assert_close(compiled(q, k, t), info_nce(q, k, temperature=0.1))
     assert infonce_xp.Options(temperature=t).temperature is t
+
+
+FROZEN = [
+    (mode, frozen)
+    for mode in MODES
+    for frozen in ["q", "k", "neg", "k+neg", "q+neg"]
+    if "neg" in MODES[mode] or "neg" not in frozen
+]
+
+
+@pytest.mark.parametrize(("mode", "frozen"), FROZEN)
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_gradients_of_the_inputs_that_ask_match_the_seed(mode, frozen, chunk_size):
+    """Inputs without requires_grad (a frozen encoder, a MoCo queue) get no gradient, and the
+    others get the seed's: the backward skips and regroups work by what autograd asks for."""
+    q, k, neg, options = problem(mode)
+    ours, theirs = leaves(q, k, neg), leaves(q, k, neg)
+    for name, a, b in zip(("q", "k", "neg"), ours, theirs):
+        if a is not None and name in frozen.split("+"):
+            a.requires_grad_(False)
+            b.requires_grad_(False)
+    info_nce(*ours, chunk_size=chunk_size, **options).backward()
+    seed_loss(*theirs, **options).backward()
+    for a, b in zip(ours, theirs):
+        if a is None:
+            continue
+        if not b.requires_grad:
+            assert a.grad is None
+        else:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)

@@ -21,6 +21,7 @@ LAYERS = [
     ["_typing", "_micro_batches"],
     ["_arrays"],
     ["_core"],
+    ["_stacks"],
     ["_tiled"],
     ["_cells"],
     ["_cells_tiled"],

@@ -36,6 +36,7 @@ __all__ = [
     "python_scan",
     "row_dot",
     "row_norms",
+    "split_rows",
     "subtract_diagonal",
     "subtract_exp",
     "subtract_into",
@@ -291,9 +292,8 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
 
 
 def subtract_diagonal(xp: Namespace, x: Array, offset: Any, values: Array) -> Array:
-    """``x`` (N, M) with ``values[i]`` subtracted from ``x[i, offset + i]``, in place where the
-    library can (``x`` must be our own): one strided write, where ``fill_diagonal`` of
-    ``x[i, offset + i] - values[i]`` reads the diagonal first."""
+    """``x`` (N, M) with ``values[i]`` subtracted from ``x[i, offset + i]``: one strided write
+    in place where the library can (``x`` must be our own)."""
     if isinstance(offset, int) and _may_overwrite(xp, x) and traits(xp).diagonal_view():
         view = x.diagonal(offset)
         view -= values  # in place through the view (item assignment would copy it back)
@@ -302,8 +302,7 @@ def subtract_diagonal(xp: Namespace, x: Array, offset: Any, values: Array) -> Ar
 
 
 def fill_where(xp: Namespace, x: Array, mask: Array, value: float) -> Array:
-    """``where(mask, value, x)``, written over ``x`` where the library can (``x`` must be our
-    own): an N x M ``where`` allocates a matrix, which costs more than the pass itself."""
+    """``where(mask, value, x)``, written over ``x`` where the library can (``x`` our own)."""
     if not _may_overwrite(xp, x):
         return xp.where(mask, value, x)
     if hasattr(x, "masked_fill_"):  # torch: boolean __setitem__ would sync on nonzero()
@@ -316,7 +315,7 @@ def diagonal(xp: Namespace, x: Array, offset: Any) -> Array:
     """A copy of the entries ``x[i, offset + i]`` (N,) of an (N, M) matrix."""
     if isinstance(offset, int) and traits(xp).diagonal_read():
         # a copy (the matrix is overwritten next), which autograd follows
-        return _native(xp).copy(xp.linalg.diagonal(x, offset=offset))
+        return native(xp).copy(xp.linalg.diagonal(x, offset=offset))
     return xp.sum(xp.where(diagonal_mask(xp, x, offset, 0, 0), x, 0.0), axis=-1)
 
 
@@ -331,19 +330,20 @@ def diagonal_mask(xp: Namespace, x: Array, offset: Any, row0: Any, col0: Any) ->
 # Delegation (array-api-extra's pattern): where array-api-compat's wrapper costs more than the
 # op, a primitive calls the library's own function of the same semantics, chosen once per
 # namespace. Measured on (8, 1) and (8, 128) float32 arrays: compat's NumPy clip 5.1 us, its
-# vector_norm 4 us, against 0.4 us for NumPy's maximum and 1.5 us for its sum of squares (what
-# numpy.linalg.norm computes); compat's torch maximum with a number 5.4 us, its clip 1.7 us;
-# a copy as ``x + 0.0`` 2.7 us, by torch's ``clone`` 1.6 us.
+# vector_norm 4 us, against 0.4 us for NumPy's maximum and 1.5 us for its sum of squares; torch:
+# compat's maximum with a number 5.4 us, its clip 1.7 us; a copy as x + 0.0 2.7 us, clone 1.6.
 class _Native(NamedTuple):
     clip_min: Callable[[Array, float], Array]
     row_norms: Callable[[Array], Array]
     copy: Callable[[Array], Array]
+    split_rows: Callable[[Array, list[int]], list[Array]]
 
 
 _NATIVE: dict[str, _Native] = {}
 
 
-def _native(xp: Namespace) -> _Native:
+def native(xp: Namespace) -> _Native:
+    """The library's own functions behind the delegated primitives (found once, then cached)."""
     found = _NATIVE.get(xp.__name__)
     if found is None:
         if library(xp) == "torch":
@@ -353,18 +353,23 @@ def _native(xp: Namespace) -> _Native:
                 lambda x, lower: torch.clamp(x, min=lower),
                 lambda x: torch.linalg.vector_norm(x, dim=-1, keepdim=True),
                 torch.clone,
+                lambda x, sizes: list(torch.split(x, sizes)),
             )
         elif array_api_compat.is_numpy_namespace(xp):
             import numpy as np
 
             found = _Native(
-                np.maximum, lambda x: np.sqrt(np.sum(x * x, axis=-1, keepdims=True)), np.copy
+                np.maximum,
+                lambda x: np.sqrt(np.sum(x * x, axis=-1, keepdims=True)),
+                np.copy,
+                _slices,
             )
         else:
             found = _Native(
                 lambda x, lower: xp.clip(x, min=lower),
                 lambda x: xp.linalg.vector_norm(x, axis=-1, keepdims=True),
                 lambda x: x + 0.0,  # a new array that autograd and tracers follow
+                _slices,
             )
         _NATIVE[xp.__name__] = found
     return found
@@ -372,12 +377,22 @@ def _native(xp: Namespace) -> _Native:
 
 def clip_min(xp: Namespace, x: Array, lower: float) -> Array:
     """``clip(x, min=lower)`` (NaN stays NaN), by the library's own function where cheaper."""
-    return _native(xp).clip_min(x, lower)
+    return native(xp).clip_min(x, lower)
 
 
 def row_norms(xp: Namespace, x: Array) -> Array:
     """``vector_norm`` over the last axis, kept (N, 1), by the library's own where cheaper."""
-    return _native(xp).row_norms(x)
+    return native(xp).row_norms(x)
+
+
+def split_rows(xp: Namespace, x: Array, sizes: list[int]) -> list[Array]:
+    """``x`` cut along axis 0 into parts of ``sizes`` rows (views where the library has them):
+    one call of torch's ``split``, where each slice costs about a microsecond."""
+    return native(xp).split_rows(x, sizes)
+
+
+def _slices(x: Array, sizes: list[int]) -> list[Array]:
+    return [x[sum(sizes[:i]) : sum(sizes[: i + 1]), ...] for i in range(len(sizes))]
 
 
 def row_dot(xp: Namespace, a: Array, b: Array) -> Array:

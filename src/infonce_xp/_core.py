@@ -127,14 +127,16 @@ def backward(
     residuals: tuple[Array, ...],
     grad_rows: Array,
     offset: Any = None,
-) -> tuple[Array, Array | None, Array, Array | None]:
+    candidates_grad: bool = True,
+) -> tuple[Array, Array | None, Array | None, Array | None]:
     """Gradients of ``sum(grad_rows * rows)`` for anchor, positive, candidates and the scale.
 
     With ``w = grad / s`` the logit gradient is ``w_i * exps_ij``; the row scaling is applied to
     the (N, D) factors instead of the (N, M) matrix, so no N x M temporary is made. In-batch
     (``offset`` not None) the forward left ``-r_i`` in the positive's entry of ``exps``, so the
     two products carry the positive's gradient too: it arrives through the candidates', and
-    None is returned for it.
+    None is returned for it. ``candidates_grad=False`` skips the candidates' gradient (None),
+    a product as large as the logits (a MoCo queue, a frozen encoder's keys).
     """
     exps, others, partition = residuals
     weight = grad_rows / partition * scale  # scale * dl/dlogit_ij = weight_i * exps_ij
@@ -144,18 +146,21 @@ def backward(
             # (now dead) buffer, where a scaled (N, D) anchor would be one more live temporary.
             weighted = exps * weight[:, None]
             grad_anchor = weighted @ candidates
-            grad_candidates = weighted.T @ anchor
+            grad_candidates = weighted.T @ anchor if candidates_grad else None
         else:
             column = weight[:, None]
             grad_anchor = multiply_into(xp, exps @ candidates, column)
-            grad_candidates = exps.T @ (anchor * column)
+            grad_candidates = exps.T @ (anchor * column) if candidates_grad else None
         return grad_anchor, None, grad_candidates, scale_gradient(xp, anchor, grad_anchor, scale)
+    grad_candidates = None
     if candidates.ndim == 3:
         pulled = (exps[:, None, :] @ candidates)[:, 0, :]
-        grad_candidates = (exps * weight[:, None])[:, :, None] * anchor[:, None, :]
+        if candidates_grad:
+            grad_candidates = (exps * weight[:, None])[:, :, None] * anchor[:, None, :]
     else:
         pulled = exps @ candidates
-        grad_candidates = exps.T @ (anchor * weight[:, None])
+        if candidates_grad:
+            grad_candidates = exps.T @ (anchor * weight[:, None])
     return finish(xp, anchor, positive, scale, weight, others, pulled, grad_candidates)
 
 
@@ -167,8 +172,8 @@ def finish(
     weight: Array,
     others: Array,
     pulled: Array,
-    grad_candidates: Array,
-) -> tuple[Array, Array, Array, Array | None]:
+    grad_candidates: Array | None,
+) -> tuple[Array, Array, Array | None, Array | None]:
     """Assemble the gradients from ``pulled = sum_j exps_ij c_j`` (N, D).
 
     ``weight`` is ``scale * grad / s`` per row; ``scale * dl/dp = -weight * r`` for the positive

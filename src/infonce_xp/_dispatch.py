@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from . import _engine
-from ._arrays import library, traits
+from ._arrays import library, native, traits
 from ._call import Call, gathered, mean_divisor, reduce
 from ._options import describe
 from ._typing import Array, Namespace, ScatteringGather
@@ -75,6 +75,7 @@ def adapter_for(xp: Namespace) -> Adapter:
         # Probe the namespace here, outside any autograd Function: a compiler tracing the
         # backward refuses the first write to the traits cache.
         traits(xp)
+        native(xp)
         name = library(xp)
         adapter: Adapter = ANALYTIC
         if name == "torch":

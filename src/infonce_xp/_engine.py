@@ -6,10 +6,9 @@ two functions; nothing else holds the math.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
-from . import _cells, _cells_tiled, _core, _tiled
+from . import _cells, _cells_tiled, _core, _stacks, _tiled
 from ._arrays import Scan, as_array, device, python_scan
 from ._typing import Array, Namespace
 
@@ -117,15 +116,16 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
 class Residuals(NamedTuple):
     """Arrays only (a pytree for ``jax.custom_vjp``); the rest is re-derived from the call.
 
-    ``units`` holds the rows of every floating input, normalised and stacked by name (see
-    :func:`stacked`), and ``lengths`` their lengths (R, 1); both are None without
-    normalisation.
+    ``units`` holds the rows of the floating inputs, normalised and stacked by the groups of
+    :func:`._stacks.groups`, and ``lengths`` their lengths (R, 1), one per stack; both are None
+    without normalisation.
     """
 
     inputs: dict[str, Array]
-    units: Array | None
-    lengths: Array | None
+    units: tuple[Array, ...] | None
+    lengths: tuple[Array, ...] | None
     per_direction: list[tuple[Array, ...]]
+    split: dict[str, Array] | None = None  # the units by name: views a bridge may keep
 
 
 def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
@@ -151,12 +151,11 @@ def forward(
     array. A row's weight is its number of positive pairs with ``positives="pairs"``, else
     whether it has a positive.
     """
-    floats = _floats(xp, arrays)
-    stack = lengths = None
+    units = _floats(xp, arrays)
+    stacks = lengths = None
     if config.normalize:
-        stack, lengths = _core.normalise(xp, stacked(xp, floats))
-    units = floats if stack is None else unstacked(xp, stack, floats)
-    dtype = stack.dtype if stack is not None else next(iter(floats.values())).dtype
+        stacks, lengths, units = _stacks.normalise(xp, units)
+    dtype = next(iter(units.values())).dtype
     scale = scale_of(xp, temperature, dtype)
     loop = scan or python_scan(xp)
     rows: Any = None
@@ -182,7 +181,8 @@ def forward(
     if len(per_direction) > 1:
         rows = rows / len(per_direction)
         counts = None if counts is None else counts / len(per_direction)
-    return rows, counts, Residuals(dict(arrays), stack, lengths, per_direction)
+    split = units if stacks is not None else None
+    return rows, counts, Residuals(dict(arrays), stacks, lengths, per_direction, split)
 
 
 def _floats(xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
@@ -192,27 +192,6 @@ def _floats(xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
     dtypes = {x.dtype for x in floats.values()}
     dtype = compute_dtype(xp, dtypes.pop() if len(dtypes) == 1 else xp.result_type(*dtypes))
     return {k: x if x.dtype == dtype else xp.astype(x, dtype) for k, x in floats.items()}
-
-
-def stacked(xp: Namespace, arrays: dict[str, Array]) -> Array:
-    """The rows (last axis) of every array, stacked into one (R, D) array in dict order.
-
-    Row-wise work (normalisation and its backward) then runs once for all inputs: at small
-    sizes each operation's fixed cost, not its arithmetic, is what a call pays.
-    """
-    rows = [x if x.ndim == 2 else xp.reshape(x, (-1, x.shape[-1])) for x in arrays.values()]
-    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=0)
-
-
-def unstacked(xp: Namespace, stack: Array, like: dict[str, Array]) -> dict[str, Array]:
-    """``stack``'s rows back as arrays of the shapes of ``like`` (the inverse of ``stacked``)."""
-    out, start = {}, 0
-    for name, x in like.items():
-        rows = math.prod(x.shape[:-1])
-        part = stack[start : start + rows, ...]
-        out[name] = part if x.ndim == 2 else xp.reshape(part, x.shape)
-        start += rows
-    return out
 
 
 def backward(
@@ -228,9 +207,11 @@ def backward(
     """Gradients of ``sum(grad_rows * rows)``: one per floating array name, in that array's
     dtype, and ``"temperature"`` when the temperature is an array. Arguments as given to
     ``forward``; ``wanted``, if given, names the arrays whose gradient is returned."""
-    floats = _floats(xp, residuals.inputs)
-    stack, lengths = residuals.units, residuals.lengths
-    units = floats if stack is None else unstacked(xp, stack, floats)
+    units = residuals.split
+    if units is None:
+        units = _floats(xp, residuals.inputs)
+        if residuals.units is not None:
+            units = _stacks.units_of(xp, units, residuals.units)
     dtype = units[QUERY].dtype
     scale = scale_of(xp, temperature, dtype)
     grad_rows = grad_rows if grad_rows.dtype == dtype else xp.astype(grad_rows, dtype)
@@ -266,7 +247,8 @@ def backward(
             a, b, c = (units[name] for name in names)
             chunk = tile(config, c)
             if chunk is None:
-                parts = _core.backward(xp, a, b, c, scale, res, grad_rows, where)
+                wants_c = wanted is None or names[2] in wanted
+                parts = _core.backward(xp, a, b, c, scale, res, grad_rows, where, wants_c)
             else:
                 parts = _tiled.backward(xp, a, b, c, scale, where, chunk, loop, res, grad_rows)
             for name, g in zip(names, parts[:3]):
@@ -276,15 +258,8 @@ def backward(
             grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
     if wanted is not None:
         grads = {k: g for k, g in grads.items() if k in wanted}
-    if stack is not None and lengths is not None:
-        if grads.keys() == floats.keys():  # all at once, as in the forward
-            g = stacked(xp, {k: grads[k] for k in floats})
-            g = _core.normalise_backward(xp, stack, lengths, g)
-            grads = unstacked(xp, g, floats)
-        else:  # name by name, on their rows of the stack
-            lengths_of = unstacked(xp, lengths, {k: x[..., :1] for k, x in floats.items()})
-            for name, g in grads.items():
-                grads[name] = _core.normalise_backward(xp, units[name], lengths_of[name], g)
+    if residuals.units is not None and residuals.lengths is not None and grads:
+        grads = _stacks.backward(xp, residuals.units, residuals.lengths, units, grads)
     out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
     if not isinstance(temperature, (int, float)):
         # d/dt f(1/t) = -f'(s) s^2

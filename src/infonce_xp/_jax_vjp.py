@@ -26,7 +26,8 @@ def _rows_fwd(
     t = fixed_temperature if temperature is None else temperature
     xp = array_namespace(*arrays)
     rows, counts, residuals = _engine.forward(xp, dict(zip(names, arrays)), t, config, offset, scan)
-    return (rows, counts), (residuals, temperature, offset)
+    # The units by name are slices of the stacks: XLA would keep them as arrays of their own.
+    return (rows, counts), (residuals._replace(split=None), temperature, offset)
 
 
 def _rows_bwd(static: tuple[Any, ...], saved: Any, cotangents: Any) -> Any:

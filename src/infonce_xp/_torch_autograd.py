@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch._functorch.utils import unwrap_dead_wrappers
 
-from . import _engine
+from . import _engine, _stacks
 from ._call import Call, gathered, reduce
 
 
@@ -116,8 +116,12 @@ def _no_autocast(like: torch.Tensor) -> Any:
 
 
 def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch.Tensor]:
-    """The residuals that are not inputs, as a flat list of tensors (see ``_unflatten``)."""
-    leaves = [residuals.units, residuals.lengths] if config.normalize else []
+    """The residuals that are not inputs, as a flat list of tensors (see ``_unflatten``): the
+    stacks of units and lengths, the units by name (views of the stacks, which spare the
+    backward cutting them again), then each direction's."""
+    leaves = []
+    if residuals.units is not None and residuals.lengths is not None and residuals.split:
+        leaves += [*residuals.units, *residuals.lengths, *residuals.split.values()]
     for part in residuals.per_direction:
         leaves.extend(part)
     return leaves
@@ -126,13 +130,17 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
 def _unflatten(
     inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
 ) -> _engine.Residuals:
-    units = lengths = None
+    units = lengths = split = None
     if config.normalize:
-        (units, lengths), leaves = leaves[:2], leaves[2:]
+        names = sorted(k for k in inputs if k not in _engine.LABEL_NAMES)  # as the engine's
+        n = len(_stacks.groups({k: inputs[k] for k in names}))  # a stack and lengths per group
+        units, lengths = tuple(leaves[:n]), tuple(leaves[n : 2 * n])
+        split = dict(zip(names, leaves[2 * n : 2 * n + len(names)]))
+        leaves = leaves[2 * n + len(names) :]
     count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
-    return _engine.Residuals(inputs, units, lengths, per_direction)
+    return _engine.Residuals(inputs, units, lengths, per_direction, split)
 
 
 class TorchAdapter:
