@@ -22,6 +22,10 @@ class Adapter(Protocol):
         in a mean (None: 1 each)."""
         ...
 
+    def loss(self, call: Call) -> Array:
+        """The reduced loss of a checked call."""
+        ...
+
     def value_and_grad(self, call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
         """The reduced loss and the gradients of ``sum(grad_output * loss)`` by input name."""
         ...
@@ -35,6 +39,10 @@ class Analytic:
         arrays, offset = gathered(call)
         rows, counts, _ = _engine.forward(call.xp, arrays, call.temperature, call.config, offset)
         return rows, counts
+
+    @classmethod
+    def loss(cls, call: Call) -> Array:
+        return reduce(call, *cls.loss_rows(call))
 
     @staticmethod
     def value_and_grad(call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
@@ -88,4 +96,4 @@ def adapter_for(xp: Namespace) -> Adapter:
 
 def evaluate(call: Call) -> Array:
     """The reduced loss of a checked call."""
-    return reduce(call, *adapter_for(call.xp).loss_rows(call))
+    return adapter_for(call.xp).loss(call)

@@ -86,6 +86,11 @@ class JaxAdapter:
         return _rows(static, learnable, tuple(arrays.values()), offset)
 
     @classmethod
+    def loss(cls, call: Call) -> Any:
+        """The reduced loss of a checked call."""
+        return reduce(call, *cls.loss_rows(call))
+
+    @classmethod
     def value_and_grad(cls, call: Call, grad_output: Any) -> tuple[Any, dict[str, Any]]:
         """``info_nce_value_and_grad`` for JAX arrays: ``jax.vjp`` through ``loss_rows``."""
         inputs = {k: x for k, x in call.arrays.items() if k not in _engine.LABEL_NAMES}
@@ -96,8 +101,7 @@ class JaxAdapter:
         def loss(inputs: dict[str, Any]) -> Any:
             arrays = {k: v for k, v in inputs.items() if k != "temperature"} | labels
             t = inputs.get("temperature", call.temperature)
-            this = call._replace(arrays=arrays, temperature=t)
-            return reduce(this, *cls.loss_rows(this))
+            return cls.loss(call._replace(arrays=arrays, temperature=t))
 
         value, pullback = jax.vjp(loss, inputs)
         return value, pullback(grad_output)[0]

@@ -29,7 +29,7 @@ class _Rows(torch.autograd.Function):
     def forward(*args: Any) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         # One static argument and the tensors: Function.apply binds the arguments to this
         # signature at every call (setup_context form), which costs per parameter.
-        (xp, config, offset, names, temperature), *tensors = args
+        (xp, config, offset, names, temperature, _), *tensors = args
         if temperature is None:  # learnable: the last tensor
             *tensors, temperature = tensors
         with _no_autocast(tensors[0]):
@@ -40,16 +40,16 @@ class _Rows(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        (xp, config, offset, names, temperature), *tensors = inputs
+        tensors = inputs[1:]
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the residuals
         # The inputs (with a learnable temperature last), then the residuals.
         ctx.save_for_backward(*tensors, *output[1:])
-        ctx.static = xp, config, offset, names, temperature
+        ctx.static = inputs[0]
 
     @staticmethod
     def backward(ctx: Any, grad_rows: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        xp, config, offset, names, temperature = ctx.static
+        xp, config, offset, names, temperature, reduced = ctx.static
         if grad_rows is None:  # the loss rows are unused: no gradient anywhere
             return (None,) * (1 + len(names) + (temperature is None))
         saved = ctx.saved_tensors
@@ -57,6 +57,9 @@ class _Rows(torch.autograd.Function):
         inputs = dict(zip(names, saved))
         if temperature is None:
             temperature = saved[n - 1]
+        if reduced is not None:  # the forward returned the rows' mean or sum
+            rows = saved[0].shape[0]
+            grad_rows = (grad_rows / rows if reduced == "mean" else grad_rows).expand(rows)
         with _no_autocast(grad_rows):
             if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_rows, *saved)):
                 # create_graph=True: rebuild the residuals with a graph back to the inputs.
@@ -77,18 +80,21 @@ class _EagerRows(_Rows):
 
     The old ``forward(ctx, ...)`` form saves the residuals without returning them: each extra
     output of a Function costs autograd bookkeeping at every call and in the backward (about
-    5 us of ~230 at (8, 16)). The backward is ``_Rows``' own.
+    5 us of ~230 at (8, 16)). It also reduces the rows ("mean" or "sum", when the static
+    argument names one), which spares autograd a node of its own. The backward is ``_Rows``'.
     """
 
     @staticmethod
     def forward(ctx: Any, *args: Any) -> torch.Tensor:  # type: ignore[override]
-        (xp, config, offset, names, temperature), *tensors = args
+        (xp, config, offset, names, temperature, reduced), *tensors = args
         if temperature is None:  # learnable: the last tensor
             *tensors, temperature = tensors
         with _no_autocast(tensors[0]):
             rows, _, residuals = _engine.forward(  # no counts: the plain path only
                 xp, dict(zip(names, tensors)), temperature, config, offset
             )
+            if reduced is not None:
+                rows = xp.mean(rows) if reduced == "mean" else xp.sum(rows)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*args[1:], *_flatten(residuals, config))  # as setup_context does
         ctx.static = args[0]
@@ -146,10 +152,23 @@ def _unflatten(
 class TorchAdapter:
     """Loss rows and value-and-grad for torch tensors, through torch autograd."""
 
+    @classmethod
+    def loss(cls, call: Call) -> torch.Tensor:
+        """The reduced loss of a checked call (its rows reduced inside the Function where it
+        is entered directly)."""
+        reduction = call.options.reduction
+        rows, counts = cls.loss_rows(call, None if reduction == "none" else reduction)
+        if rows.ndim == 0:  # reduced already
+            return rows if rows.dtype == call.out_dtype else rows.to(call.out_dtype)
+        return reduce(call, rows, counts)  # type: ignore[no-any-return]
+
     @staticmethod
-    def loss_rows(call: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def loss_rows(
+        call: Call, reduction: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-query losses of a checked call, differentiable through torch autograd, and each
-        row's weight in a mean."""
+        row's weight in a mean. With ``reduction`` ("mean" or "sum"), the rows may come back
+        reduced to a 0-D loss already."""
         arrays, offset = gathered(call)
         t = call.temperature
         inputs = [*arrays.values(), *([t] if isinstance(t, torch.Tensor) else [])]
@@ -165,10 +184,10 @@ class TorchAdapter:
         static = (call.xp, call.config, offset, tuple(arrays), None if learnable else t)
         general = _engine.general(call.config)  # its rows come with counts
         if general or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-            outputs = _Rows.apply(static, *inputs)  # type: ignore[no-untyped-call]
+            outputs = _Rows.apply((*static, None), *inputs)  # type: ignore[no-untyped-call]
             return outputs[0], outputs[1] if general else None
-        rows = _eager_apply(static, *unwrap_dead_wrappers(tuple(inputs)))  # type: ignore[no-untyped-call]
-        return rows, None
+        alive = unwrap_dead_wrappers(tuple(inputs))
+        return _eager_apply((*static, reduction), *alive), None  # type: ignore[no-untyped-call]
 
     @classmethod
     def value_and_grad(
@@ -187,7 +206,7 @@ class TorchAdapter:
             arrays = {k: v for k, v in call.arrays.items() if k in _engine.LABEL_NAMES}
             arrays |= {k: v for k, v in inputs.items() if k != "temperature"}
             call = call._replace(arrays=arrays, temperature=temperature)
-            loss = reduce(call, *cls.loss_rows(call))
+            loss = cls.loss(call)
             grads = torch.autograd.grad(loss, list(inputs.values()), grad_output)
         return loss.detach(), dict(zip(inputs, grads))
 
