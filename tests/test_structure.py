@@ -19,6 +19,7 @@ SRC = Path(infonce_xp.__file__).resolve().parent
 # Each module may import only modules of an earlier layer (imports inside functions included).
 LAYERS = [
     ["_typing", "_micro_batches"],
+    ["_values"],
     ["_arrays"],
     ["_core"],
     ["_stacks"],

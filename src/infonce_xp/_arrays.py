@@ -8,6 +8,7 @@ runs on.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -28,11 +29,8 @@ __all__ = [
     "fill_diagonal",
     "fill_where",
     "is_array_api_obj",
-    "is_numpy_value",
-    "is_symbolic_number",
     "library",
     "multiply_into",
-    "number",
     "python_scan",
     "row_dot",
     "row_norms",
@@ -48,32 +46,31 @@ Scan = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Traits:
-    """What a namespace's arrays allow, found once by probing a small array.
+    """What a namespace's arrays allow, found once by probing a small array. The callables
+    answer for right now (a transform or a compiler may be running).
 
     writeable
-        Standard in-place operators and ``__setitem__`` work (used on our own temporaries only).
+        Standard in-place operators and ``__setitem__`` work (on our own temporaries only).
     lazy
-        The library traces and fuses element-wise work (XLA): a pass over a matrix that is
-        about to die costs no memory, so the math may prefer it to an (N, D) temporary.
+        The library traces and fuses element-wise work (XLA): a pass over a dying matrix costs
+        no memory, so the math may prefer it to an (N, D) temporary.
     exp_in_place
-        How an element-wise ``exp`` is written over its input: ``"method"`` (``x.exp_()``),
-        ``"out"`` (``xp.exp(x, out=x)``) or ``""`` (not at all: the standard has neither).
+        How ``exp`` is written over its input: ``"method"`` (``x.exp_()``), ``"out"``
+        (``xp.exp(x, out=x)``) or ``""`` (not at all: the standard has neither).
     scalar_reductions
         Reductions return scalars rather than 0-D arrays (NumPy).
     watched
-        Whether, right now, a transform watches writes in place (``torch.func``).
-    diagonal_view
-        Whether, right now, arrays have a ``diagonal(offset)`` method that returns a writeable
-        view (torch and CuPy, eager): writing a diagonal through it is one call, where a
-        strided write through a flat reshape is three and parses a slice. (Inductor lowers
-        torch's ``diagonal`` with a deprecation warning: not while compiling.)
-    diagonal_read
-        Whether, right now, ``linalg.diagonal`` may be called: not while torch compiles, for
-        the same warning.
+        A transform watches writes in place (``torch.func``).
+    diagonal_view, diagonal_read
+        Arrays have a ``diagonal(offset)`` method that returns a writeable view (torch, CuPy):
+        one call, where a strided write through a flat reshape is three; ``linalg.diagonal``
+        may be called. Neither while torch compiles (Inductor warns on ``diagonal``).
+    fusing
+        A compiler fuses element-wise work (XLA; torch while compiling): stacking arrays to
+        save operations gains nothing.
     vecdot
-        The namespace's ``vecdot`` is at least as fast as ``sum(a * b)``: not so for
-        array-api-compat's torch ``vecdot``, which goes through ``bmm`` and costs several times
-        the product itself.
+        ``vecdot`` is at least as fast as ``sum(a * b)``: not so for array-api-compat's torch
+        ``vecdot``, which goes through ``bmm``.
     """
 
     writeable: bool
@@ -82,6 +79,7 @@ class Traits:
     scalar_reductions: bool
     diagonal_view: Callable[[], bool]
     diagonal_read: Callable[[], bool]
+    fusing: Callable[[], bool]
     vecdot: bool
     watched: Callable[[], bool]
 
@@ -101,13 +99,15 @@ def traits(xp: Namespace) -> Traits:
         elif writeable:
             with contextlib.suppress(TypeError):  # the standard's exp has no out=
                 exp_in_place = "out" if xp.exp(probe, out=probe) is probe else ""
+        lazy = bool(is_lazy_array(probe))
         found = Traits(
             writeable=writeable,
-            lazy=bool(is_lazy_array(probe)),
+            lazy=lazy,
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
             diagonal_view=_diagonal_view(xp) if writeable else _never,
             diagonal_read=_not_compiling if library(xp) == "torch" else _always,
+            fusing=_always if lazy else _compiling if library(xp) == "torch" else _never,
             vecdot=library(xp) != "torch",
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
         )
@@ -128,7 +128,10 @@ def is_array_api_obj(x: Any) -> bool:
         return False
     kind = type(x)
     if kind not in _IS_ARRAY:
-        _IS_ARRAY[kind] = bool(array_api_compat.is_array_api_obj(x))
+        if kind.__module__.partition(".")[0] == "torch":  # compat's test warns under compile
+            _IS_ARRAY[kind] = isinstance(x, sys.modules["torch"].Tensor)
+        else:
+            _IS_ARRAY[kind] = bool(array_api_compat.is_array_api_obj(x))
     return _IS_ARRAY[kind]
 
 
@@ -146,45 +149,6 @@ def device(x: Array) -> Any:
     if type(x).__module__.partition(".")[0] == "torch":
         return x.device  # what compat returns, without its cached type tests (compile warns)
     return array_api_compat.device(x)
-
-
-def is_symbolic_number(x: Any) -> bool:
-    """A number that a compiler traces (``torch.compile(dynamic=True)``'s ``SymFloat``)."""
-    return type(x).__name__ in ("SymFloat", "SymInt")
-
-
-def is_numpy_value(x: Any) -> bool:
-    """A NumPy scalar or array (a number, not an array, to the other libraries)."""
-    return type(x).__module__ == "numpy" and hasattr(x, "dtype")
-
-
-def number(x: Array, *, sync: bool) -> float | None:
-    """The value of a 0-D array as a Python float, where it can be read; else None.
-
-    Never while traced (``jax.jit``, ``torch.compile``, ``torch.func``); from an accelerator
-    only if ``sync`` (a device synchronisation is acceptable).
-    """
-    lib = type(x).__module__.partition(".")[0]
-    if lib == "numpy" or lib == "array_api_strict":
-        return float(x)
-    if lib == "torch":
-        import torch
-
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-            return None
-        if x.device.type == "cpu" and x.dtype != torch.bfloat16:
-            # Host memory, read as such: float() dispatches _local_scalar_dense, the op of a
-            # synchronising read, which tools that watch for those (and our tests) would count.
-            with contextlib.suppress(RuntimeError, TypeError):  # a subclass may refuse
-                return float(x.detach().numpy())
-        return float(x.detach()) if sync or x.device.type == "cpu" else None
-    if lib in ("jax", "jaxlib"):
-        import jax
-
-        if isinstance(x, jax.core.Tracer):
-            return None
-        return float(x) if sync or all(d.platform == "cpu" for d in x.devices()) else None
-    return float(x) if sync else None
 
 
 def library(xp: Namespace) -> str | None:
@@ -216,6 +180,12 @@ def _diagonal_view(xp: Namespace) -> Callable[[], bool]:
 
 def _always() -> bool:
     return True
+
+
+def _compiling() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def _not_compiling() -> bool:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _engine
-from ._arrays import array_namespace, as_array, device, is_array_api_obj, is_numpy_value
+from ._arrays import array_namespace, as_array, device, is_array_api_obj
 from ._options import Options, check_temperature, describe
 from ._typing import Array, Namespace
+from ._values import is_numpy_value
 
 _NDIM = {"query": 2, "positive_key": 2, "embeddings": 2}
 

@@ -18,14 +18,9 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import Any, TypeVar
 
-from ._arrays import (
-    array_namespace,
-    is_array_api_obj,
-    is_numpy_value,
-    is_symbolic_number,
-    number,
-)
+from ._arrays import array_namespace, is_array_api_obj
 from ._typing import Array, Gather, NegativeMode, Positives, Reduction
+from ._values import is_numpy_value, is_symbolic_number, number
 
 REDUCTIONS = ("mean", "sum", "none")
 NEGATIVE_MODES = ("unpaired", "paired")

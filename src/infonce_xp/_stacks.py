@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from . import _core
-from ._arrays import split_rows
+from ._arrays import split_rows, traits
 from ._typing import Array, Namespace
 
 # The largest number of entries that rows stacked for normalisation hold together (see groups)
@@ -20,20 +20,23 @@ STACK_LIMIT = 1 << 18
 Stacks = tuple[tuple[Array, ...], tuple[Array, ...], dict[str, Array]]
 
 
-def groups(arrays: dict[str, Array]) -> tuple[tuple[str, ...], ...]:
+def groups(arrays: dict[str, Array], fusing: bool = False) -> tuple[tuple[str, ...], ...]:
     """The arrays, by name, in the groups whose rows are normalised as one stack.
 
     Stacking saves each operation's fixed cost, which is what small arrays pay for; large ones
     would pay for the copy instead, and for a working set beyond the caches. So neighbours (in
     the order of ``arrays``) share a stack while it holds at most ``STACK_LIMIT`` entries.
+    Where a compiler fuses the operations anyway (``fusing``: XLA, ``torch.compile``), each
+    array is its own group.
     Shapes decide, so the forward and the backward find the same groups.
     """
+    limit = 0 if fusing else STACK_LIMIT
     out: list[tuple[str, ...]] = []
     group: list[str] = []
     size = 0
     for name, x in arrays.items():
         entries = math.prod(x.shape)
-        if group and size + entries > STACK_LIMIT:
+        if group and size + entries > limit:
             out.append(tuple(group))
             group, size = [], 0
         group.append(name)
@@ -43,7 +46,7 @@ def groups(arrays: dict[str, Array]) -> tuple[tuple[str, ...], ...]:
 
 def normalise(xp: Namespace, arrays: dict[str, Array]) -> Stacks:
     """The unit rows and the lengths of each group's stack, and the unit rows by name (views)."""
-    named = groups(arrays)
+    named = groups(arrays, traits(xp).fusing())
     parts = [_core.normalise(xp, stacked(xp, arrays, group)) for group in named]
     stacks = tuple(units for units, _ in parts)
     return stacks, tuple(lengths for _, lengths in parts), units_of(xp, arrays, stacks)
@@ -54,7 +57,7 @@ def units_of(xp: Namespace, arrays: dict[str, Array], stacks: Any) -> dict[str, 
     if len(stacks) == 1:
         return unstacked(xp, stacks[0], arrays)
     units: dict[str, Array] = {}
-    for names, stack in zip(groups(arrays), stacks):
+    for names, stack in zip(groups(arrays, traits(xp).fusing()), stacks):
         units |= unstacked(xp, stack, {k: arrays[k] for k in names})
     return units
 
@@ -67,7 +70,7 @@ def backward(
     if len(stacks) == 1:
         return _backward(xp, stacks[0], lengths[0], units, grads)
     out: dict[str, Array] = {}
-    for group, stack, length in zip(groups(units), stacks, lengths):
+    for group, stack, length in zip(groups(units, traits(xp).fusing()), stacks, lengths):
         mine = {k: grads[k] for k in group if k in grads}
         if mine:
             out |= _backward(xp, stack, length, {k: units[k] for k in group}, mine)

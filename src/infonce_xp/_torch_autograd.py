@@ -10,6 +10,7 @@ import torch
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from . import _engine, _stacks
+from ._arrays import traits
 from ._call import Call, gathered, reduce
 
 
@@ -36,7 +37,9 @@ class _Rows(torch.autograd.Function):
             rows, counts, residuals = _engine.forward(
                 xp, dict(zip(names, tensors)), temperature, config, offset
             )
-        return (rows, *([] if counts is None else [counts]), *_flatten(residuals, config))
+        # Not the units by name: views of the stacks, as outputs, trip the compiler.
+        leaves = _flatten(residuals._replace(split=None), config)
+        return (rows, *([] if counts is None else [counts]), *leaves)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -45,7 +48,11 @@ class _Rows(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the residuals
         # The inputs (with a learnable temperature last), then the residuals.
         ctx.save_for_backward(*tensors, *output[1:])
-        ctx.static = inputs[0]
+        ctx.static, ctx.with_split = inputs[0], False
+        xp, names = inputs[0][0], inputs[0][3]
+        given = dict(zip(names, tensors))
+        floats = {k: given[k] for k in sorted(names) if k not in _engine.LABEL_NAMES}
+        ctx.stacks = len(_stacks.groups(floats, traits(xp).fusing()))  # as the forward's
 
     @staticmethod
     def backward(ctx: Any, grad_rows: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
@@ -66,7 +73,8 @@ class _Rows(torch.autograd.Function):
                 residuals = _engine.forward(xp, inputs, temperature, config, offset)[2]
             else:
                 counted = _engine.general(config)  # the counts are no residual
-                residuals = _unflatten(inputs, saved[n + counted :], config)
+                leaves = saved[n + counted :]
+                residuals = _unflatten(inputs, leaves, config, ctx.stacks, ctx.with_split)
             wanted = {k for k, needed in zip(names, ctx.needs_input_grad[1:]) if needed}
             grads = _engine.backward(
                 xp, residuals, grad_rows, temperature, config, offset, wanted=wanted
@@ -97,7 +105,8 @@ class _EagerRows(_Rows):
                 rows = xp.mean(rows) if reduced == "mean" else xp.sum(rows)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*args[1:], *_flatten(residuals, config))  # as setup_context does
-        ctx.static = args[0]
+        ctx.static, ctx.with_split = args[0], True
+        ctx.stacks = len(residuals.units or ())
         return rows  # type: ignore[no-any-return]
 
     setup_context = torch.autograd.Function.setup_context  # the forward above takes ctx
@@ -126,23 +135,29 @@ def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch
     stacks of units and lengths, the units by name (views of the stacks, which spare the
     backward cutting them again), then each direction's."""
     leaves = []
-    if residuals.units is not None and residuals.lengths is not None and residuals.split:
-        leaves += [*residuals.units, *residuals.lengths, *residuals.split.values()]
+    if residuals.units is not None and residuals.lengths is not None:
+        leaves += [*residuals.units, *residuals.lengths, *(residuals.split or {}).values()]
     for part in residuals.per_direction:
         leaves.extend(part)
     return leaves
 
 
 def _unflatten(
-    inputs: dict[str, torch.Tensor], leaves: Any, config: _engine.Config
+    inputs: dict[str, torch.Tensor],
+    leaves: Any,
+    config: _engine.Config,
+    n: int,
+    with_split: bool,
 ) -> _engine.Residuals:
+    """The residuals that ``_flatten`` gave, with ``n`` stacks of units (and of lengths)."""
     units = lengths = split = None
     if config.normalize:
         names = sorted(k for k in inputs if k not in _engine.LABEL_NAMES)  # as the engine's
-        n = len(_stacks.groups({k: inputs[k] for k in names}))  # a stack and lengths per group
         units, lengths = tuple(leaves[:n]), tuple(leaves[n : 2 * n])
-        split = dict(zip(names, leaves[2 * n : 2 * n + len(names)]))
-        leaves = leaves[2 * n + len(names) :]
+        if with_split:
+            split = dict(zip(names, leaves[2 * n : 2 * n + len(names)]))
+            leaves = leaves[len(names) :]
+        leaves = leaves[2 * n :]
     count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
