@@ -25,7 +25,7 @@ def test_groups_split_where_a_stack_would_exceed_the_limit(monkeypatch):
     assert _stacks.groups(arrays) == (("a",), ("b",), ("c",))  # an array alone may exceed it
 
 
-@pytest.mark.parametrize("limit", [1, 65, 1 << 18])
+@pytest.mark.parametrize("limit", [1, 65, 1 << 15])
 @pytest.mark.parametrize("mode", ["in-batch", "unpaired", "paired"])
 def test_any_grouping_gives_the_seeds_values_and_gradients(backend, monkeypatch, limit, mode):
     monkeypatch.setattr(_stacks, "STACK_LIMIT", limit)
@@ -40,7 +40,7 @@ def test_any_grouping_gives_the_seeds_values_and_gradients(backend, monkeypatch,
 
 
 @pytest.mark.backends("torch")
-@pytest.mark.parametrize("limit", [1, 65, 1 << 18])
+@pytest.mark.parametrize("limit", [1, 65, 1 << 15])
 @pytest.mark.parametrize("frozen", ["query", "positive_key", "negative_keys"])
 def test_gradients_of_some_inputs_from_any_grouping(monkeypatch, limit, frozen):
     """Inputs whose gradients nobody asks for leave holes in a stack: the others' gradients are

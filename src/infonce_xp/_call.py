@@ -118,7 +118,8 @@ def check_call(
         "labels" in tags,
         supervised,
     )
-    out_dtype = xp.result_type(*named.values())
+    dtypes = {x.dtype for x in named.values()}
+    out_dtype = dtypes.pop() if len(dtypes) == 1 else xp.result_type(*named.values())
     arrays = dict(named)
     if supervised:
         arrays = {_engine.QUERY: arrays.pop(first), **arrays}

@@ -34,8 +34,9 @@ from ._arrays import (
 from ._typing import Array, Namespace
 
 
-def normalise(xp: Namespace, x: Array) -> tuple[Array, Array]:
-    """Rows of ``x`` scaled to unit length, and their lengths ``|x_i|`` for the backward.
+def normalise(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
+    """Rows of ``x`` scaled to unit length, and for the backward their lengths ``|x_i|`` as two
+    factors (the norm of the scaled row and the scale): their product is made only there.
 
     The sum of squares of a float32 row overflows from about 1e19, where cosine similarity does
     not depend on scale: each row is first divided by its largest magnitude, so that the scaled
@@ -49,18 +50,20 @@ def normalise(xp: Namespace, x: Array) -> tuple[Array, Array]:
     largest = fill_where(xp, largest, largest == 0, 1.0)  # NaN stays NaN
     scaled = x / largest
     length = clip_min(xp, row_norms(xp, scaled), 1.0)
-    # |x| (inf for a row within sqrt(D) of the dtype's maximum, whose gradient is below its
-    # smallest number anyway)
-    return scaled / length, length * largest
+    return scaled / length, length, largest
 
 
-def normalise_backward(xp: Namespace, unit: Array, length: Array, grad_unit: Array) -> Array:
+def normalise_backward(
+    xp: Namespace, unit: Array, length: Array, largest: Array, grad_unit: Array
+) -> Array:
     """Gradient through ``normalise``: ``(g - u <u, g>) / |x|`` (a zero row: ``g``).
 
     May overwrite ``grad_unit``, which must be our own temporary.
     """
     grad_unit = subtract_into(xp, grad_unit, unit * row_dot(xp, unit, grad_unit)[..., None])
-    return divide_into(xp, grad_unit, length)
+    # |x| (inf for a row within sqrt(D) of the dtype's maximum, whose gradient is below its
+    # smallest number anyway)
+    return divide_into(xp, grad_unit, length * largest)
 
 
 def candidate_logits(xp: Namespace, scaled_anchor: Array, candidates: Array) -> Array:

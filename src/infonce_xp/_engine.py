@@ -117,8 +117,8 @@ class Residuals(NamedTuple):
     """Arrays only (a pytree for ``jax.custom_vjp``); the rest is re-derived from the call.
 
     ``units`` holds the rows of the floating inputs, normalised and stacked by the groups of
-    :func:`._stacks.groups`, and ``lengths`` their lengths (R, 1), one per stack; both are None
-    without normalisation.
+    :func:`._stacks.groups`, and ``lengths`` the two factors of their lengths (R, 1) per stack;
+    both are None without normalisation.
     """
 
     inputs: dict[str, Array]

@@ -23,6 +23,9 @@ from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 from ._values import is_numpy_value, is_symbolic_number, number
 
 REDUCTIONS = ("mean", "sum", "none")
+# The checked options of recent function calls, by their arguments (Options are frozen): a loop
+# that calls info_nce with the same options checks them once.
+_RECENT: dict[Any, Options] = {}
 NEGATIVE_MODES = ("unpaired", "paired")
 POSITIVES = ("own", "supcon", "pairs")
 
@@ -234,6 +237,17 @@ gather : callable, optional
         construction reads an array's value even from an accelerator, which at every call
         would be a host synchronisation.
         """
+        key = None
+        if for_call and type(temperature) in (float, int):  # a function's call: seen before?
+            # with the types: 2 == 2.0 == True, but only one may be a valid chunk_size
+            given = (temperature, reduction, negative_mode, *keywords.values())
+            key = (*keywords, *given, *map(type, given))
+            try:
+                return _RECENT[key]
+            except KeyError:
+                pass
+            except TypeError:  # an unhashable option: checked every time
+                key = None
         unknown = keywords.keys() - KEYWORD_ONLY.keys()
         if unknown:
             raise TypeError(
@@ -241,7 +255,12 @@ gather : callable, optional
                 f"the keyword-only options are {', '.join(KEYWORD_ONLY)}"
             )
         if not (for_call and is_array_api_obj(temperature) and not is_numpy_value(temperature)):
-            return cls(temperature, reduction, negative_mode, **keywords)
+            options = cls(temperature, reduction, negative_mode, **keywords)
+            if key is not None:
+                if len(_RECENT) >= 64:
+                    _RECENT.clear()
+                _RECENT[key] = options
+            return options
         options = cls(1.0, reduction, negative_mode, **keywords)
         object.__setattr__(options, "temperature", temperature)  # checked by check_call
         return options

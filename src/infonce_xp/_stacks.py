@@ -15,7 +15,7 @@ from ._arrays import split_rows, traits
 from ._typing import Array, Namespace
 
 # The largest number of entries that rows stacked for normalisation hold together (see groups)
-STACK_LIMIT = 1 << 18
+STACK_LIMIT = 1 << 15
 
 Stacks = tuple[tuple[Array, ...], tuple[Array, ...], dict[str, Array]]
 
@@ -45,11 +45,13 @@ def groups(arrays: dict[str, Array], fusing: bool = False) -> tuple[tuple[str, .
 
 
 def normalise(xp: Namespace, arrays: dict[str, Array]) -> Stacks:
-    """The unit rows and the lengths of each group's stack, and the unit rows by name (views)."""
+    """The unit rows of each group's stack, the two factors of their lengths per stack (see
+    ``_core.normalise``), and the unit rows by name (views)."""
     named = groups(arrays, traits(xp).fusing())
     parts = [_core.normalise(xp, stacked(xp, arrays, group)) for group in named]
-    stacks = tuple(units for units, _ in parts)
-    return stacks, tuple(lengths for _, lengths in parts), units_of(xp, arrays, stacks)
+    stacks = tuple(units for units, _, _ in parts)
+    lengths = tuple(factor for _, length, largest in parts for factor in (length, largest))
+    return stacks, lengths, units_of(xp, arrays, stacks)
 
 
 def units_of(xp: Namespace, arrays: dict[str, Array], stacks: Any) -> dict[str, Array]:
@@ -68,22 +70,24 @@ def backward(
     """The gradients through ``normalise`` of the arrays in ``grads`` (each array's ``units``
     and the stacks and lengths as returned)."""
     if len(stacks) == 1:
-        return _backward(xp, stacks[0], lengths[0], units, grads)
+        return _backward(xp, stacks[0], lengths, units, grads)
     out: dict[str, Array] = {}
-    for group, stack, length in zip(groups(units, traits(xp).fusing()), stacks, lengths):
+    for i, group in enumerate(groups(units, traits(xp).fusing())):
         mine = {k: grads[k] for k in group if k in grads}
         if mine:
-            out |= _backward(xp, stack, length, {k: units[k] for k in group}, mine)
+            like = {k: units[k] for k in group}
+            out |= _backward(xp, stacks[i], lengths[2 * i : 2 * i + 2], like, mine)
     return out
 
 
 def _backward(
-    xp: Namespace, stack: Array, lengths: Array, like: dict[str, Array], grads: dict[str, Array]
+    xp: Namespace, stack: Array, factors: Any, like: dict[str, Array], grads: dict[str, Array]
 ) -> dict[str, Array]:
     """One stack's: in one pass over the rows of the arrays that have a gradient where these are
     adjacent in the stack, else array by array."""
+    length, largest = factors
     if len(grads) == len(like):  # every array: the whole stack
-        g = _core.normalise_backward(xp, stack, lengths, stacked(xp, grads, like))
+        g = _core.normalise_backward(xp, stack, length, largest, stacked(xp, grads, like))
         return unstacked(xp, g, like)
     spans, start = {}, 0
     for name, x in like.items():
@@ -94,13 +98,14 @@ def _backward(
     first, last = spans[names[0]][0], spans[names[-1]][1]
     if last - first == sum(b - a for a, b in (spans[k] for k in names)):  # one run
         g = stacked(xp, {k: grads[k] for k in names})
-        g = _core.normalise_backward(xp, stack[first:last, ...], lengths[first:last, ...], g)
+        rows = slice(first, last)
+        g = _core.normalise_backward(xp, stack[rows, ...], length[rows, ...], largest[rows, ...], g)
         return unstacked(xp, g, {k: like[k] for k in names})
     out = {}
     for name in names:
         a, b = spans[name]
         g = xp.reshape(grads[name], (b - a, -1))
-        g = _core.normalise_backward(xp, stack[a:b, ...], lengths[a:b, ...], g)
+        g = _core.normalise_backward(xp, stack[a:b, ...], length[a:b, ...], largest[a:b, ...], g)
         out[name] = xp.reshape(g, like[name].shape)
     return out
 

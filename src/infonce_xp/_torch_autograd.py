@@ -123,11 +123,19 @@ _Rows.forward.__signature__ = inspect.signature(_Rows.forward)  # type: ignore[a
 _eager_apply = super(torch.autograd.Function, _EagerRows).apply
 
 
+_ANY_AUTOCAST = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)  # one C call
+
+
 def _no_autocast(like: torch.Tensor) -> Any:
+    if not _ANY_AUTOCAST():
+        return _NO_CONTEXT
     kind = like.device.type
     if not torch.is_autocast_enabled(kind):
-        return contextlib.nullcontext()
+        return _NO_CONTEXT
     return torch.autocast(kind, enabled=False)
+
+
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: it holds no state
 
 
 def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch.Tensor]:
@@ -153,11 +161,11 @@ def _unflatten(
     units = lengths = split = None
     if config.normalize:
         names = sorted(k for k in inputs if k not in _engine.LABEL_NAMES)  # as the engine's
-        units, lengths = tuple(leaves[:n]), tuple(leaves[n : 2 * n])
+        units, lengths = tuple(leaves[:n]), tuple(leaves[n : 3 * n])
         if with_split:
-            split = dict(zip(names, leaves[2 * n : 2 * n + len(names)]))
+            split = dict(zip(names, leaves[3 * n : 3 * n + len(names)]))
             leaves = leaves[len(names) :]
-        leaves = leaves[2 * n :]
+        leaves = leaves[3 * n :]
     count = len(_engine.directions(config, gathered=False))  # the same with gather
     size = len(leaves) // count
     per_direction = [tuple(leaves[i * size : (i + 1) * size]) for i in range(count)]
