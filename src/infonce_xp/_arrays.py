@@ -32,6 +32,7 @@ __all__ = [
     "library",
     "multiply_into",
     "python_scan",
+    "result_type",
     "row_dot",
     "row_norms",
     "split_rows",
@@ -142,6 +143,12 @@ def array_namespace(*xs: Array) -> Namespace:
     if kinds not in _NAMESPACES:
         _NAMESPACES[kinds] = array_api_compat.array_namespace(*xs)
     return _NAMESPACES[kinds]
+
+
+def result_type(xp: Namespace, *arrays: Array) -> Any:
+    """``xp.result_type`` of arrays, without asking when they share one dtype (most calls)."""
+    dtypes = {x.dtype for x in arrays}
+    return dtypes.pop() if len(dtypes) == 1 else xp.result_type(*arrays)
 
 
 def device(x: Array) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _engine
-from ._arrays import array_namespace, as_array, device, is_array_api_obj
+from ._arrays import array_namespace, as_array, device, is_array_api_obj, result_type
 from ._options import Options, check_temperature, describe
 from ._typing import Array, Namespace
 from ._values import is_numpy_value
@@ -118,8 +118,7 @@ def check_call(
         "labels" in tags,
         supervised,
     )
-    dtypes = {x.dtype for x in named.values()}
-    out_dtype = dtypes.pop() if len(dtypes) == 1 else xp.result_type(*named.values())
+    out_dtype = result_type(xp, *named.values())
     arrays = dict(named)
     if supervised:
         arrays = {_engine.QUERY: arrays.pop(first), **arrays}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _cells, _cells_tiled, _core, _stacks, _tiled
-from ._arrays import Scan, as_array, device, python_scan
+from ._arrays import Scan, as_array, device, python_scan, result_type
 from ._typing import Array, Namespace
 
 # Names of the arrays a call may hold. The ``all_*`` ones are gathered from every worker; the
@@ -189,8 +189,7 @@ def _floats(xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
     """The floating arrays of a call (not the labels), in their compute dtype, by name: the
     order of the stacked units, the same after a pytree (JAX sorts a dict's keys) or not."""
     floats = {k: arrays[k] for k in sorted(arrays) if k not in LABEL_NAMES}
-    dtypes = {x.dtype for x in floats.values()}
-    dtype = compute_dtype(xp, dtypes.pop() if len(dtypes) == 1 else xp.result_type(*dtypes))
+    dtype = compute_dtype(xp, result_type(xp, *floats.values()))
     return {k: x if x.dtype == dtype else xp.astype(x, dtype) for k, x in floats.items()}
 
 

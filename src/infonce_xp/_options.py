@@ -23,11 +23,11 @@ from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 from ._values import is_numpy_value, is_symbolic_number, number
 
 REDUCTIONS = ("mean", "sum", "none")
+NEGATIVE_MODES = ("unpaired", "paired")
+POSITIVES = ("own", "supcon", "pairs")
 # The checked options of recent function calls, by their arguments (Options are frozen): a loop
 # that calls info_nce with the same options checks them once.
 _RECENT: dict[Any, Options] = {}
-NEGATIVE_MODES = ("unpaired", "paired")
-POSITIVES = ("own", "supcon", "pairs")
 
 
 def describe(x: Any) -> str:
@@ -40,7 +40,7 @@ def describe(x: Any) -> str:
 
 def check_temperature(t: Any, *, sync: bool) -> None:
     """A temperature must be a finite number > 0, or a 0-D real floating array whose value, where
-    it can be read (:func:`~infonce_xp._arrays.number`), is one."""
+    it can be read (:func:`~infonce_xp._values.number`), is one."""
     if is_symbolic_number(t):  # traced by a compiler: nothing to read
         return
     value: Any = t

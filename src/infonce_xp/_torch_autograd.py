@@ -124,6 +124,7 @@ _eager_apply = super(torch.autograd.Function, _EagerRows).apply
 
 
 _ANY_AUTOCAST = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)  # one C call
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: it holds no state
 
 
 def _no_autocast(like: torch.Tensor) -> Any:
@@ -133,9 +134,6 @@ def _no_autocast(like: torch.Tensor) -> Any:
     if not torch.is_autocast_enabled(kind):
         return _NO_CONTEXT
     return torch.autocast(kind, enabled=False)
-
-
-_NO_CONTEXT = contextlib.nullcontext()  # reusable: it holds no state
 
 
 def _flatten(residuals: _engine.Residuals, config: _engine.Config) -> list[torch.Tensor]:
