@@ -132,3 +132,46 @@ def test_inputs_are_never_modified(backend):
     finally:
         for a in arrays:
             a.flags.writeable = True
+
+
+def test_a_checked_signature_still_checks_what_differs(backend):
+    """A call whose facts passed before skips the checks (see ``check_call``): any fact that
+    differs (shape, dtype, library, options) is checked again and named."""
+    q, k, neg = backend.asarrays(Q, K, NEG)
+    first = info_nce(q, k, neg, temperature=0.2)  # remembered
+    again = info_nce(q, k, neg, temperature=0.2)
+    np.testing.assert_array_equal(backend.to_numpy(again), backend.to_numpy(first))
+    (short,) = backend.asarrays(K[:5])
+    with pytest.raises(ValueError, match=r"positive_key.*8 and 5"):
+        info_nce(q, short, neg, temperature=0.2)
+    (paired,) = backend.asarrays(PAIRED)
+    with pytest.raises(ValueError, match=r"negative_keys.*2 dimensions"):
+        info_nce(q, k, paired, temperature=0.2)
+    with pytest.raises(ValueError, match=r"negative_keys.*3 dimensions"):
+        info_nce(q, k, neg, temperature=0.2, negative_mode="paired")
+    with pytest.raises(TypeError, match="positive_key must be an array"):
+        info_nce(q, K.tolist(), neg, temperature=0.2)
+    (ids,) = backend.asarrays(np.arange(8.0))
+    with pytest.raises(TypeError, match="labels must have an integer dtype"):
+        info_nce(q, k, labels=ids)
+    loss = InfoNCE(temperature=0.2)
+    np.testing.assert_allclose(backend.to_numpy(loss(q, k, neg)), backend.to_numpy(first))
+    loss.reduction = "none"  # new options: a new signature
+    assert loss(q, k, neg).shape == (8,)
+
+
+@pytest.mark.backends("torch")
+def test_a_remembered_check_keeps_no_array():
+    """The checked facts of a call are kept, never its arrays (which may be large)."""
+    import gc
+    import weakref
+
+    import torch
+
+    q, k = torch.tensor(Q, requires_grad=True), torch.tensor(K)
+    info_nce(q, k).backward()
+    info_nce(q, k).backward()  # the second call reuses the first's check
+    refs = [weakref.ref(q), weakref.ref(k)]
+    del q, k
+    gc.collect()
+    assert all(ref() is None for ref in refs)

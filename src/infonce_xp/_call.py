@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _engine
-from ._arrays import array_namespace, as_array, device, is_array_api_obj, result_type
+from ._arrays import (
+    array_namespace,
+    as_array,
+    device,
+    is_array_api_obj,
+    result_type,
+    torch_compiling,
+)
 from ._options import Options, check_temperature, describe
 from ._typing import Array, Namespace
 from ._values import is_numpy_value
@@ -26,6 +33,10 @@ class Call(NamedTuple):
     config: _engine.Config
     options: Options
     out_dtype: Any
+
+
+# Checked calls by signature (see check_call): their static facts only, never an array.
+_CHECKED: dict[Any, Call] = {}
 
 
 def check_call(
@@ -45,7 +56,63 @@ def check_call(
     ``temperature`` overrides ``options.temperature`` (a module's learned one, positive by
     construction, so not read); ``xp`` None infers the namespace from the arrays.
     ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
+
+    The checks read static facts only, so a call whose facts (the ``options`` object, and the
+    type, shape, dtype and device of each array) passed before is not checked again: its
+    checked form is reused with the new arrays. Not while torch compiles (the compiler traces
+    the checks instead), nor with an array temperature, which is read at every call.
     """
+    given = {"query": query}
+    for name, x in (
+        ("positive_key", positive_key),
+        ("negative_keys", negative_keys),
+        ("labels", labels),
+        ("negative_labels", negative_labels),
+    ):
+        if x is not None:
+            given[name] = x
+    key: Any = None
+    t = options.temperature if temperature is None else temperature
+    if type(t) in (float, int) and not torch_compiling():
+        key = (options, xp, supervised, t)
+        try:
+            for x in given.values():
+                key += (type(x), x.shape, x.dtype, x.device)
+            found = _CHECKED.get(key)
+        except Exception:  # not an array, a traced one, or facts that do not hash: check
+            key = found = None
+        if found is not None:
+            return found._replace(arrays=given)
+    call = _check_call(
+        options,
+        query=query,
+        positive_key=positive_key,
+        negative_keys=negative_keys,
+        labels=labels,
+        negative_labels=negative_labels,
+        temperature=temperature,
+        xp=xp,
+        supervised=supervised,
+    )
+    if key is not None:
+        if len(_CHECKED) >= 64:
+            _CHECKED.clear()
+        _CHECKED[key] = call._replace(arrays={})
+    return call
+
+
+def _check_call(
+    options: Options,
+    *,
+    query: Any,
+    positive_key: Any,
+    negative_keys: Any,
+    labels: Any,
+    negative_labels: Any,
+    temperature: Any,
+    xp: Namespace | None,
+    supervised: bool,
+) -> Call:
     first = "embeddings" if supervised else "query"
     named = {first: query}
     if not supervised:
