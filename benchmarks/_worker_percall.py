@@ -17,6 +17,8 @@ from _worker import interleaved, jax_hand_written, torch_setup
 
 
 def loss_of(impl: str) -> Callable[..., Any]:
+    if impl == "same math by hand":
+        return torch_by_hand
     if impl.startswith("seed"):
         from info_nce import info_nce as seed_info_nce
 
@@ -68,6 +70,89 @@ def torch_percall_step(impl: str, n: int, dim: int) -> tuple[Callable[[], None],
         seconds = time.perf_counter() - start
         return step, {"fullgraph": fullgraph, "seconds": seconds, "failure": failure}
     raise RuntimeError(f"torch.compile failed: {failure}")
+
+
+_BY_HAND: list[Any] = []
+
+
+def torch_by_hand(query: Any, key: Any, temperature: float = 0.1) -> Any:
+    """infonce_xp's in-batch math, its operations written out in one ``torch.autograd.Function``
+    with nothing around them: no checks, dispatch, array-API layer or engine. What that math
+    costs on its own, and so the least an implementation of it can cost per call.
+
+    The same operations in the same order as ``_core`` and ``_stacks``: each row divided by its
+    largest magnitude before its norm (overflow-safe), both inputs normalised as one stack
+    while they hold at most ``STACK_LIMIT`` numbers, the positive read off the logits'
+    diagonal and hidden, ``log1p``/``expm1`` rows, the analytic backward's two products.
+    """
+    if not _BY_HAND:
+        _BY_HAND.append(_by_hand_function())
+    return _BY_HAND[0].apply(query, key, 1.0 / temperature)
+
+
+def _by_hand_function() -> Any:
+    import torch
+
+    from infonce_xp._stacks import STACK_LIMIT
+
+    def normalise(x: Any) -> tuple[Any, Any, Any]:
+        largest = x.abs().amax(-1, keepdim=True)
+        largest.masked_fill_(largest == 0, 1.0)
+        scaled = x / largest
+        length = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).clamp_(min=1.0)
+        return scaled / length, length, largest
+
+    def normalise_backward(unit: Any, length: Any, largest: Any, grad: Any) -> Any:
+        grad -= unit * torch.linalg.vecdot(unit, grad)[:, None]
+        return grad.div_(length * largest)
+
+    class ByHand(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, query: Any, key: Any, scale: float) -> Any:
+            n = query.shape[0]
+            if 2 * query.numel() <= STACK_LIMIT:
+                unit, length, largest = normalise(torch.cat([key, query]))
+                units_k, units_q = unit.split_with_sizes([n, n])
+                stacked = (unit, length, largest)
+            else:
+                (units_k, *k_lengths), (units_q, *q_lengths) = normalise(key), normalise(query)
+                stacked = None
+            logits = (units_q * scale) @ units_k.T
+            positive = logits.diagonal().clone()
+            top = logits.amax(-1)
+            logits.diagonal().fill_(-torch.inf)
+            exps = logits.sub_(top[:, None]).exp_()
+            others = exps.sum(-1)
+            gap = positive - top
+            shifted = others + torch.expm1(gap)
+            rows = torch.log1p(shifted) - gap
+            exps.diagonal().sub_(others)
+            if stacked is None:
+                ctx.save_for_backward(units_q, units_k, *q_lengths, *k_lengths, exps, shifted + 1)
+            else:
+                ctx.save_for_backward(units_q, units_k, *stacked, exps, shifted + 1)
+            ctx.scale, ctx.stacked = scale, stacked is not None
+            return rows.mean()
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            units_q, units_k, *lengths, exps, partition = ctx.saved_tensors
+            n = exps.shape[0]
+            column = (grad / n / partition * ctx.scale)[:, None]
+            grad_q = (exps @ units_k).mul_(column)
+            grad_k = exps.T @ (units_q * column)
+            if ctx.stacked:
+                unit, length, largest = lengths
+                grad_k, grad_q = normalise_backward(
+                    unit, length, largest, torch.cat([grad_k, grad_q])
+                ).split_with_sizes([n, n])
+            else:
+                q_length, q_largest, k_length, k_largest = lengths
+                grad_q = normalise_backward(units_q, q_length, q_largest, grad_q)
+                grad_k = normalise_backward(units_k, k_length, k_largest, grad_k)
+            return grad_q, grad_k, None
+
+    return ByHand
 
 
 def percall_torch(spec: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,14 @@ from typing import Any
 from common import Section, case, child, log, pyplot, ratio, table, timed
 
 PLOT_NAME = "bench_percall.png"
-TORCH_IMPLS = ["infonce_xp", "seed", "infonce_xp compiled", "seed compiled", "floor"]
+TORCH_IMPLS = [
+    "infonce_xp",
+    "seed",
+    "infonce_xp compiled",
+    "seed compiled",
+    "same math by hand",
+    "floor",
+]
 
 
 def run(config: dict[str, Any]) -> Section:
@@ -48,7 +55,11 @@ def torch_part(section: Section, config: dict[str, Any], dim: int) -> None:
         "section. *compiled* is `torch.compile(loss, fullgraph=True, dynamic=False)`, compiled "
         "for each size before timing (the notes below the table say where `fullgraph=True` "
         "could not trace the loss and graph breaks were allowed instead). Ratios are to the "
-        "eager seed; *floor* is the bare `q @ k.T` and its backward."
+        "eager seed; *floor* is the bare `q @ k.T` and its backward. *same math by hand* is "
+        "infonce_xp's own operations written out in one `torch.autograd.Function` with nothing "
+        "around them (`torch_by_hand` in `_worker_percall.py`; a test checks that it gives "
+        "infonce_xp's loss and gradients): the least that this math costs per call, with no "
+        "input check, dispatch or array-API layer. *xp / by hand* is what that layer costs."
     )
     if isinstance(result, str):
         section.add(f"Not measured: {result}")
@@ -61,9 +72,12 @@ def torch_part(section: Section, config: dict[str, Any], dim: int) -> None:
         if "infonce_xp" in t and seed:
             section.measure(name, "time xp / seed", t["infonce_xp"] / seed)
             section.measure(name, "floor / seed", t["floor"] / seed)
+            if "same math by hand" in t:
+                section.measure(name, "by hand / seed", t["same math by hand"] / seed)
         cells = [timed(row["times"][k]) if k in t else "failed" for k in TORCH_IMPLS]
         ratios = [ratio(t.get(k), seed) for k in TORCH_IMPLS if k != "seed"]
-        rows.append([row["n"], row["d"], *cells, *ratios])
+        layer = ratio(t.get("infonce_xp"), t.get("same math by hand"))
+        rows.append([row["n"], row["d"], *cells, *ratios, layer])
         if row["d"] == dim:
             for impl, seconds in t.items():
                 points.setdefault(impl, []).append((row["n"], seconds))
@@ -71,7 +85,7 @@ def torch_part(section: Section, config: dict[str, Any], dim: int) -> None:
             if compiled:
                 how.setdefault(impl, []).append((name, compiled))
     header = ["N", "D", *TORCH_IMPLS, "xp / seed", "xp compiled / seed", "seed compiled / seed"]
-    section.add(table([*header, "floor / seed"], rows))
+    section.add(table([*header, "by hand / seed", "floor / seed", "xp / by hand"], rows))
     lines = []
     for impl, notes in how.items():
         broken = [f"{name}: {c['failure']}" for name, c in notes if not c.get("fullgraph")]
@@ -172,6 +186,7 @@ def plot(points: dict[str, list[tuple[int, float]]], path: Path, dim: int) -> st
         "infonce_xp": ("o-", "C1", "infonce_xp"),
         "seed compiled": ("s--", "C2", "seed, torch.compile"),
         "infonce_xp compiled": ("o--", "C3", "infonce_xp, torch.compile"),
+        "same math by hand": ("^-.", "C5", "infonce_xp's math by hand"),
         "floor": (":", "C4", "floor (q @ k.T, backward)"),
     }
     seed = dict(points.get("seed", []))
