@@ -154,6 +154,9 @@ def test_a_checked_signature_still_checks_what_differs(backend):
     (ids,) = backend.asarrays(np.arange(8.0))
     with pytest.raises(TypeError, match="labels must have an integer dtype"):
         info_nce(q, k, labels=ids)
+    # the same facts under another name: the negatives' facts given as labels
+    with pytest.raises(TypeError, match="labels must have an integer dtype"):
+        info_nce(q, k, labels=neg, temperature=0.2)
     loss = InfoNCE(temperature=0.2)
     np.testing.assert_allclose(backend.to_numpy(loss(q, k, neg)), backend.to_numpy(first))
     loss.reduction = "none"  # new options: a new signature

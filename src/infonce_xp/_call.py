@@ -58,7 +58,7 @@ def check_call(
     ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
 
     The checks read static facts only, so a call whose facts (the ``options`` object, and the
-    type, shape, dtype and device of each array) passed before is not checked again: its
+    name, type, shape, dtype and device of each array) passed before is not checked again: its
     checked form is reused with the new arrays. Not while torch compiles (the compiler traces
     the checks instead), nor with an array temperature, which is read at every call.
     """
@@ -76,8 +76,8 @@ def check_call(
     if type(t) in (float, int) and not torch_compiling():
         key = (options, xp, supervised, t)
         try:
-            for x in given.values():
-                key += (type(x), x.shape, x.dtype, x.device)
+            for name, x in given.items():
+                key += (name, type(x), x.shape, x.dtype, x.device)
             found = _CHECKED.get(key)
         except Exception:  # not an array, a traced one, or facts that do not hash: check
             key = found = None
