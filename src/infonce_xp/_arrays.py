@@ -391,7 +391,6 @@ def python_scan(xp: Namespace) -> Scan:
 
 
 def _python_scan(xp: Namespace) -> Scan:
-
     def scan(body: Callable[..., Any], carry: Any, xs: tuple[Array, ...]) -> Any:
         ys = []
         for i in range(xs[0].shape[0]):
