@@ -192,9 +192,7 @@ def torch_compiling() -> bool:
 
 
 def _not_compiling() -> bool:
-    import torch
-
-    return not torch.compiler.is_compiling()
+    return not torch_compiling()
 
 
 def _torch_transforms_active() -> bool:

@@ -22,6 +22,7 @@ from ._typing import Array, Namespace
 from ._values import is_numpy_value
 
 _NDIM = {"query": 2, "positive_key": 2, "embeddings": 2}
+_TAGS = (_engine.LABELS, _engine.NEGATIVE_LABELS)  # integer arrays: class ids
 
 
 class Call(NamedTuple):
@@ -62,12 +63,14 @@ def check_call(
     checked form is reused with the new arrays. Not while torch compiles (the compiler traces
     the checks instead), nor with an array temperature, which is read at every call.
     """
-    given = {"query": query}
+    # by the engine's names, which are the arguments' (the single set's rows are its queries)
+    given = {_engine.QUERY: query}
+    if not supervised:
+        given[_engine.KEY] = positive_key
     for name, x in (
-        ("positive_key", positive_key),
-        ("negative_keys", negative_keys),
-        ("labels", labels),
-        ("negative_labels", negative_labels),
+        (_engine.NEGATIVES, negative_keys),
+        (_engine.LABELS, labels),
+        (_engine.NEGATIVE_LABELS, negative_labels),
     ):
         if x is not None:
             given[name] = x
@@ -83,17 +86,7 @@ def check_call(
             key = found = None
         if found is not None:
             return found._replace(arrays=given)
-    call = _check_call(
-        options,
-        query=query,
-        positive_key=positive_key,
-        negative_keys=negative_keys,
-        labels=labels,
-        negative_labels=negative_labels,
-        temperature=temperature,
-        xp=xp,
-        supervised=supervised,
-    )
+    call = _check_call(options, given, temperature, xp, supervised)
     if key is not None:
         if len(_CHECKED) >= 64:
             _CHECKED.clear()
@@ -103,26 +96,18 @@ def check_call(
 
 def _check_call(
     options: Options,
-    *,
-    query: Any,
-    positive_key: Any,
-    negative_keys: Any,
-    labels: Any,
-    negative_labels: Any,
+    given: dict[str, Any],
     temperature: Any,
     xp: Namespace | None,
     supervised: bool,
 ) -> Call:
+    """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
-    named = {first: query}
-    if not supervised:
-        named["positive_key"] = positive_key
-    if negative_keys is not None:
-        named["negative_keys"] = negative_keys
-    if supervised and labels is None:
+    named = {first if k == _engine.QUERY else k: x for k, x in given.items() if k not in _TAGS}
+    if supervised and _engine.LABELS not in given:
         raise TypeError("labels must be an array of integer class ids, one per row; got None")
-    tags = {"labels": labels, "negative_labels": negative_labels}
-    tags = {name: x for name, x in tags.items() if x is not None}
+    tags = {k: x for k, x in given.items() if k in _TAGS}
+    negative_keys = given.get(_engine.NEGATIVES)
     for name, x in [*named.items(), *tags.items()]:
         if not is_array_api_obj(x):
             kind = "integer class ids" if name in tags else "(NumPy, torch, JAX, CuPy, ...)"
@@ -186,10 +171,7 @@ def _check_call(
         supervised,
     )
     out_dtype = result_type(xp, *named.values())
-    arrays = dict(named)
-    if supervised:
-        arrays = {_engine.QUERY: arrays.pop(first), **arrays}
-    return Call(xp, arrays | tags, temperature, config, options, out_dtype)
+    return Call(xp, given, temperature, config, options, out_dtype)
 
 
 def _check_labels(
