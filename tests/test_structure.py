@@ -19,6 +19,7 @@ SRC = Path(infonce_xp.__file__).resolve().parent
 # Each module may import only modules of an earlier layer (imports inside functions included).
 LAYERS = [
     ["_typing", "_micro_batches"],
+    ["_namespaces"],
     ["_values"],
     ["_arrays"],
     ["_core"],
@@ -28,6 +29,7 @@ LAYERS = [
     ["_cells_tiled"],
     ["_engine"],
     ["_options"],
+    ["_docs"],
     ["_call"],
     ["_torch_autograd", "_jax_vjp", "_torch_grad_cache", "_jax_grad_cache"],
     ["_dispatch"],
@@ -40,7 +42,7 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 NAME_CHECKS = re.compile(
     r"\bis_(numpy|torch|jax|cupy|dask|ndonnx|array_api_strict)_(namespace|array)\b|\blibrary\("
 )
-MAY_NAME_LIBRARIES = {"_arrays", "_dispatch"}
+MAY_NAME_LIBRARIES = {"_namespaces", "_arrays", "_dispatch"}
 
 
 def modules() -> dict[str, ast.Module]:

@@ -8,14 +8,22 @@ runs on.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import array_api_compat
 from array_api_compat import is_lazy_array, is_writeable_array
 
+from ._namespaces import (
+    array_namespace,
+    device,
+    is_array_api_obj,
+    is_torch_tensor,
+    library,
+    library_name,
+    result_type,
+    torch_compiling,
+)
 from ._typing import Array, Namespace
 
 __all__ = [
@@ -29,7 +37,9 @@ __all__ = [
     "fill_diagonal",
     "fill_where",
     "is_array_api_obj",
+    "is_torch_tensor",
     "library",
+    "library_name",
     "multiply_into",
     "python_scan",
     "result_type",
@@ -83,6 +93,10 @@ class Traits:
 
 
 _TRAITS: dict[str, Traits] = {}  # by namespace name: a plain dict traces cleanly under compile
+# What some libraries' arrays are known to allow (writeable, lazy, diagonal a writeable view):
+# array-api-compat's probes of these are lru_cache'd, which torch.compile warns about when the
+# first call of a process is compiled.
+_KNOWN = {"torch": (True, False, True)}
 
 
 def traits(xp: Namespace) -> Traits:
@@ -90,77 +104,27 @@ def traits(xp: Namespace) -> Traits:
     found = _TRAITS.get(xp.__name__)
     if found is None:
         probe = xp.zeros((2,))
-        writeable = bool(is_writeable_array(probe))
+        known = _KNOWN.get(library(xp) or "")
+        writeable = known[0] if known else bool(is_writeable_array(probe))
         exp_in_place = ""
         if writeable and hasattr(probe, "exp_"):
             exp_in_place = "method"
         elif writeable:
             with contextlib.suppress(TypeError):  # the standard's exp has no out=
                 exp_in_place = "out" if xp.exp(probe, out=probe) is probe else ""
-        lazy = bool(is_lazy_array(probe))
+        lazy = known[1] if known else bool(is_lazy_array(probe))
         found = Traits(
             writeable=writeable,
             lazy=lazy,
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
-            diagonal_view=_diagonal_view(xp) if writeable else _never,
+            diagonal_view=_diagonal_view(xp, known) if writeable else _never,
             diagonal_read=_not_compiling if library(xp) == "torch" else _always,
             fusing=_always if lazy else torch_compiling if library(xp) == "torch" else _never,
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
         )
         _TRAITS[xp.__name__] = found
     return found
-
-
-# array-api-compat's type tests are lru_cache'd, which torch.compile warns about at every
-# trace; their answers depend only on the arrays' types, so they are kept here, by type.
-_IS_ARRAY: dict[type, bool] = {}
-_NAMESPACES: dict[tuple[type, ...], Namespace] = {}
-
-
-def is_array_api_obj(x: Any) -> bool:
-    """Whether ``x`` is an array of some array-API library (NumPy scalars count)."""
-    # Python numbers first: a compiler's traced number has no attributes to ask about.
-    if isinstance(x, (int, float)):
-        return False
-    kind = type(x)
-    if kind not in _IS_ARRAY:
-        if kind.__module__.partition(".")[0] == "torch":  # compat's test warns under compile
-            _IS_ARRAY[kind] = isinstance(x, sys.modules["torch"].Tensor)
-        else:
-            _IS_ARRAY[kind] = bool(array_api_compat.is_array_api_obj(x))
-    return _IS_ARRAY[kind]
-
-
-def array_namespace(*xs: Array) -> Namespace:
-    """The namespace of arrays of one library (``array_api_compat.array_namespace``); a
-    TypeError for arrays of several."""
-    kinds = tuple(type(x) for x in xs)
-    if kinds not in _NAMESPACES:
-        _NAMESPACES[kinds] = array_api_compat.array_namespace(*xs)
-    return _NAMESPACES[kinds]
-
-
-def result_type(xp: Namespace, *arrays: Array) -> Any:
-    """``xp.result_type`` of arrays, without asking when they share one dtype (most calls)."""
-    dtypes = {x.dtype for x in arrays}
-    return dtypes.pop() if len(dtypes) == 1 else xp.result_type(*arrays)
-
-
-def device(x: Array) -> Any:
-    """The device of ``x``; None for a JAX array under ``jax.jit``."""
-    if type(x).__module__.partition(".")[0] == "torch":
-        return x.device  # what compat returns, without its cached type tests (compile warns)
-    return array_api_compat.device(x)
-
-
-def library(xp: Namespace) -> str | None:
-    """``"torch"`` or ``"jax"`` for the libraries with their own autograd bridge, else None."""
-    if array_api_compat.is_torch_namespace(xp):
-        return "torch"
-    if array_api_compat.is_jax_namespace(xp):
-        return "jax"
-    return None
 
 
 def _may_overwrite(xp: Namespace, x: Array) -> bool:
@@ -174,21 +138,19 @@ def _never() -> bool:
     return False
 
 
-def _diagonal_view(xp: Namespace) -> Callable[[], bool]:
+def _diagonal_view(xp: Namespace, known: tuple[bool, ...] | None) -> Callable[[], bool]:
     square = xp.zeros((2, 2))
-    if not (hasattr(square, "diagonal") and is_writeable_array(square.diagonal())):
+    if known is not None:
+        view = known[2]
+    else:
+        view = hasattr(square, "diagonal") and bool(is_writeable_array(square.diagonal()))
+    if not view:
         return _never  # NumPy's diagonal is read-only; the standard has none
     return _not_compiling if library(xp) == "torch" else _always
 
 
 def _always() -> bool:
     return True
-
-
-def torch_compiling() -> bool:
-    """Whether torch is compiling (tracing) the caller, without importing torch."""
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.compiler.is_compiling()
 
 
 def _not_compiling() -> bool:
@@ -329,7 +291,7 @@ def native(xp: Namespace) -> _Native:
                 lambda x, sizes: x.split_with_sizes(sizes),  # torch.split's own checks cost more
                 torch.linalg.vecdot,  # compat's goes through bmm
             )
-        elif array_api_compat.is_numpy_namespace(xp):
+        elif library_name(xp) == "numpy":
             import numpy as np
 
             found = _Native(

@@ -14,6 +14,7 @@ from ._arrays import (
     as_array,
     device,
     is_array_api_obj,
+    library_name,
     result_type,
     torch_compiling,
 )
@@ -119,18 +120,25 @@ def _check_call(
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
     t_array = is_array_api_obj(temperature)
     everything = named | tags | ({"temperature": temperature} if t_array else {})
-    if xp is None:
-        try:
-            xp = array_namespace(*everything.values())
-        except TypeError as err:
-            kinds = ", ".join(
-                f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in everything.items()
-            )
-            raise TypeError(
-                f"all arrays of one call must come from one array library; got {kinds}"
-            ) from err
-    elif not callable(getattr(xp, "asarray", None)):
+    if xp is not None and not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
+    kinds = ", ".join(
+        f"{n}: {type(x).__module__}.{type(x).__name__}" for n, x in everything.items()
+    )
+    try:
+        inferred = array_namespace(*everything.values())
+    except TypeError as err:
+        raise TypeError(
+            f"all arrays of one call must come from one array library; got {kinds}"
+        ) from err
+    if xp is not None and library_name(xp) != library_name(inferred):
+        raise TypeError(
+            f"xp must be the namespace of the arrays ({inferred.__name__}) or None; got "
+            f"xp={xp.__name__} with {kinds}"
+        )
+    # The arrays' own namespace: a library's module given as xp (``xp=torch``) lacks the
+    # standard's functions that array-api-compat's wrapper of it has.
+    xp = inferred
     if t_array and not overridden:
         # A class's Options checked it once, but an array may have changed since; a function's
         # Options left it to this check. Read it where that costs no device sync (a number
@@ -191,6 +199,18 @@ def _check_labels(
     for name, x in tags.items():
         if not (xp.isdtype(x.dtype, "integral")):
             raise TypeError(f"{name} must have an integer dtype; got {x.dtype}")
+    if len(tags) == 2:  # compared with each other: they need a common integer dtype
+        a, b = tags["labels"].dtype, tags["negative_labels"].dtype
+        try:
+            common = xp.result_type(a, b)
+        except (TypeError, ValueError, RuntimeError):
+            common = None
+        if common is None or not xp.isdtype(common, "integral"):
+            raise TypeError(
+                "labels and negative_labels must have integer dtypes with a common integer "
+                f"type, as the ids are compared; got {a} and {b} (e.g. int64 for both)"
+            )
+    for name, x in tags.items():
         if name == "labels":
             expected: tuple[int, ...] = (n,)
         else:

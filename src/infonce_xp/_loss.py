@@ -7,14 +7,8 @@ from typing import Any, NamedTuple
 from ._arrays import device
 from ._call import check_call, check_grad_output
 from ._dispatch import adapter_for, evaluate
-from ._options import (
-    SUPERVISED,
-    Options,
-    check_supervised_options,
-    option_attributes,
-    with_options,
-    with_supervised_options,
-)
+from ._docs import option_attributes, with_options, with_supervised_options
+from ._options import SUPERVISED, Options, check_supervised_options
 from ._typing import Array, Namespace, NegativeMode, Reduction
 
 

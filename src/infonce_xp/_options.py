@@ -1,22 +1,18 @@
-"""The options of a loss, validated once, and the docstring fragments that describe them.
+"""The options of a loss, validated once.
 
 A new option is one field of :class:`Options`: its default, its check and its doc paragraph
-(``metadata["doc"]``). The public functions and classes take it as a keyword through
-:func:`with_options`, their docstrings show it through :func:`fill_doc`, and the engine
-reads it from the ``Options`` object; nothing else lists the options.
+(``metadata["doc"]``). The public functions and classes take it as a keyword and show it in
+their docstrings through :mod:`._docs`, and the engine reads it from the ``Options`` object;
+nothing else lists the options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import operator
-import re
-import textwrap
-from collections.abc import Callable
 from dataclasses import field
-from typing import Any, TypeVar
+from typing import Any
 
 from ._arrays import array_namespace, is_array_api_obj
 from ._typing import Array, Gather, NegativeMode, Positives, Reduction
@@ -265,6 +261,31 @@ gather : callable, optional
         object.__setattr__(options, "temperature", temperature)  # checked by check_call
         return options
 
+    def _facts(self) -> tuple[Any, ...]:
+        # An array temperature by identity: its value may change, and == of arrays is an array.
+        return tuple(
+            id(value) if is_array_api_obj(value) else value
+            for value in (getattr(self, name) for name in OPTION_NAMES)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Equal options: the same values (an array temperature: the same array)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._facts() == other._facts()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        # Asked at every call (check_call's cache): kept once found, and never pickled (a
+        # string's hash differs between processes, an array's id between copies).
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash(self._facts())
+            object.__setattr__(self, "_hash", found)
+        return found  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def replace(self, **changes: Any) -> Options:
         """A copy with some options changed, checked again."""
         return dataclasses.replace(self, **changes)
@@ -275,8 +296,14 @@ gather : callable, optional
         return ", ".join(
             f"{name}={value!r}"
             for name, value in values.items()
-            if name not in KEYWORD_ONLY or value is not KEYWORD_ONLY[name].default
+            if name not in KEYWORD_ONLY or not _is_default(value, KEYWORD_ONLY[name].default)
         )
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether an option's value is its default: equal and of its type (a copy from pickle or
+    deepcopy is the default too; ``1`` is not ``True``)."""
+    return value is default or (type(value) is type(default) and value == default)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Options)}
@@ -285,66 +312,6 @@ OPTION_NAMES = tuple(FIELDS)
 # The options of the single-set (supervised) form, and the defaults it changes.
 SUPERVISED = ("positives", "normalize", "chunk_size", "gather")
 SUPERVISED_DEFAULTS = {"positives": "supcon"}
-
-
-# Docstring fragments, filled into literal docstrings by ``fill_doc`` (SciPy's doccer idea).
-FRAGMENTS: dict[str, str] = {
-    "query": """\
-query : array, shape (N, D)
-    Query embeddings, e.g. of one view of each sample.""",
-    "positive_key": """\
-positive_key : array, shape (N, D)
-    The positive key of each query, e.g. the embedding of another view of the same sample.""",
-    "negative_keys": """\
-negative_keys : array, shape (M, D) or (N, M, D), optional
-    Explicit negatives: shared by all queries (M, D) with ``negative_mode="unpaired"``, or
-    M per query (N, M, D) with ``negative_mode="paired"``. If None (the default), the
-    negatives of a query are the positive keys of the other queries (in-batch).""",
-    "labels": """\
-labels : array of int, shape (N,), optional
-    A class id per row (keyword-only): query ``i`` and key ``i`` carry ``labels[i]``.
-    Candidates of a row's class other than its own positive are *same-class*: ignored or
-    positives as ``positives`` says.""",
-    "negative_labels": """\
-negative_labels : array of int, shape (M,) or (N, M), optional
-    The class ids of ``negative_keys`` (keyword-only; needs ``labels``). Default: explicit
-    negatives are never same-class.""",
-    "grad_output": """\
-grad_output : array, optional
-    The cotangent of the loss, of its shape (0-D, or (N,) with ``reduction="none"``).
-    Default: ones.""",
-    "xp": """\
-xp : array_namespace, optional
-    The standard-compatible namespace for the inputs. Default: infer.""",
-    **{name: f.metadata["doc"] for name, f in FIELDS.items()},
-}
-FRAGMENTS["arrays"] = "\n".join(FRAGMENTS[n] for n in ("query", "positive_key", "negative_keys"))
-FRAGMENTS["labels_both"] = "\n".join(FRAGMENTS[n] for n in ("labels", "negative_labels"))
-FRAGMENTS["seed_options"] = "\n".join(FRAGMENTS[n] for n in OPTION_NAMES if n not in KEYWORD_ONLY)
-FRAGMENTS["options"] = "\n".join(FRAGMENTS[n] for n in KEYWORD_ONLY)
-FRAGMENTS["supervised_options"] = "\n".join(FRAGMENTS[n] for n in SUPERVISED if n != "positives")
-
-_PLACEHOLDER = re.compile(r"^( *)%\((\w+)\)s$", re.MULTILINE)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fill_doc(obj: F) -> F:
-    """Replace each line ``%(name)s`` of ``obj``'s docstring by the fragment ``name``, indented
-    as the placeholder is."""
-    doc = obj.__doc__ or ""
-    obj.__doc__ = _PLACEHOLDER.sub(
-        lambda m: textwrap.indent(FRAGMENTS[m.group(2)], m.group(1)), doc
-    )
-    return obj
-
-
-def with_options(obj: F) -> F:
-    """Fill the docstring, and show the keyword-only options in the signature of ``obj``.
-
-    ``obj`` takes them as ``**options``; :func:`inspect.signature` (so ``help()``, Sphinx and
-    IPython) lists each by name and default, before any other keyword-only parameter.
-    """
-    return _show_options(obj, tuple(KEYWORD_ONLY), {})
 
 
 def check_supervised_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -363,48 +330,3 @@ def check_supervised_options(options: dict[str, Any]) -> dict[str, Any]:
             f"positive); got {options['positives']!r}"
         )
     return options
-
-
-def with_supervised_options(obj: F) -> F:
-    """:func:`with_options` for the single-set form: its options and defaults only."""
-    return _show_options(obj, SUPERVISED, SUPERVISED_DEFAULTS)
-
-
-def _show_options(obj: F, names: tuple[str, ...], defaults: dict[str, Any]) -> F:
-    target: Any = obj.__init__ if isinstance(obj, type) else obj  # type: ignore[misc]
-    signature = inspect.signature(target)
-    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    at = next((i for i, p in enumerate(params) if p.kind is p.KEYWORD_ONLY), len(params))
-    options = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=defaults.get(name, FIELDS[name].default),
-            annotation=FIELDS[name].type,
-        )
-        for name in names
-    ]
-    target.__signature__ = signature.replace(parameters=params[:at] + options + params[at:])
-    return fill_doc(obj)
-
-
-C = TypeVar("C", bound=type)
-
-
-def option_attributes(cls: C) -> C:
-    """Give a class that holds ``self.options`` one attribute per option (unless it defines
-    its own): reading returns the option, assigning replaces ``options`` with a checked copy."""
-
-    def attribute(name: str) -> property:
-        def get(self: Any) -> Any:
-            return getattr(self.options, name)
-
-        def set_(self: Any, value: Any) -> None:
-            self.options = self.options.replace(**{name: value})
-
-        return property(get, set_, doc=f"The ``{name}`` option (see :class:`Options`).")
-
-    for name in OPTION_NAMES:
-        if not any(name in k.__dict__ for k in cls.__mro__[:-1]):
-            setattr(cls, name, attribute(name))
-    return cls

@@ -39,6 +39,10 @@ class _Rows(torch.autograd.Function):
             )
         # Not the units by name: views of the stacks, as outputs, trip the compiler.
         leaves = _flatten(residuals._replace(split=None), config)
+        if counts is not None and any(counts is leaf for leaf in leaves):
+            # One tensor as two outputs loses the compiler its placeholder ("pairs": the counts
+            # are a residual too): the output is a copy.
+            counts = counts.clone()
         return (rows, *([] if counts is None else [counts]), *leaves)
 
     @staticmethod

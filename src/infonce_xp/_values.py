@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
+from ._namespaces import is_torch_tensor, torch_compiling
 from ._typing import Array
 
 
@@ -16,7 +18,8 @@ def is_symbolic_number(x: Any) -> bool:
 
 def is_numpy_value(x: Any) -> bool:
     """A NumPy scalar or array (a number, not an array, to the other libraries)."""
-    return type(x).__module__ == "numpy" and hasattr(x, "dtype")
+    numpy = sys.modules.get("numpy")  # isinstance, which a compiler traces: not type(x) names
+    return numpy is not None and isinstance(x, (numpy.ndarray, numpy.generic))
 
 
 def number(x: Array, *, sync: bool) -> float | None:
@@ -25,13 +28,12 @@ def number(x: Array, *, sync: bool) -> float | None:
     Never while traced (``jax.jit``, ``torch.compile``, ``torch.func``); from an accelerator
     only if ``sync`` (a device synchronisation is acceptable).
     """
-    lib = type(x).__module__.partition(".")[0]
-    if lib == "numpy" or lib == "array_api_strict":
-        return float(x)
-    if lib == "torch":
+    if torch_compiling():  # first: a compiler cannot trace the questions below (type names)
+        return None
+    if is_torch_tensor(x):
         import torch
 
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        if torch._C._are_functorch_transforms_active():
             return None
         if x.device.type == "cpu" and x.dtype != torch.bfloat16:
             # Host memory, read as such: float() dispatches _local_scalar_dense, the op of a
@@ -39,6 +41,9 @@ def number(x: Array, *, sync: bool) -> float | None:
             with contextlib.suppress(RuntimeError, TypeError):  # a subclass may refuse
                 return float(x.detach().numpy())
         return float(x.detach()) if sync or x.device.type == "cpu" else None
+    lib = type(x).__module__.partition(".")[0]
+    if lib == "numpy" or lib == "array_api_strict":
+        return float(x)
     if lib in ("jax", "jaxlib"):
         import jax
 

@@ -11,14 +11,8 @@ from torch import nn
 
 from ._call import check_call
 from ._dispatch import evaluate
-from ._options import (
-    SUPERVISED,
-    Options,
-    check_supervised_options,
-    option_attributes,
-    with_options,
-    with_supervised_options,
-)
+from ._docs import option_attributes, with_options, with_supervised_options
+from ._options import SUPERVISED, Options, check_supervised_options
 from ._torch_grad_cache import grad_cache
 
 __all__ = ["AllGather", "InfoNCE", "SupervisedInfoNCE", "all_gather", "grad_cache"]
@@ -27,7 +21,12 @@ MIN_TEMPERATURE = 0.01  # CLIP's bound on a learned temperature (logit scale <= 
 
 
 class _Loss(nn.Module):
-    """What the two modules share: checked options, and a temperature that may be learned."""
+    """What the two modules share: checked options, and a temperature that may be learned.
+
+    A ``Parameter`` given as ``temperature`` is registered as one, as the seed's module does
+    (``self.temperature = temperature``): ``parameters()``, ``state_dict()``, ``.to()`` and
+    optimizers see it, and the options follow it.
+    """
 
     options: Options
 
@@ -42,23 +41,40 @@ class _Loss(nn.Module):
                     f"{MIN_TEMPERATURE}; got {temperature!r}"
                 )
             self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        elif isinstance(temperature, nn.Parameter):
+            self._parameters["temperature"] = temperature
 
     @property
     def temperature(self) -> Any:
         if self.learn_temperature:
             bound = math.log(1.0 / MIN_TEMPERATURE)
             return torch.exp(-torch.clamp(self.log_inverse_temperature, max=bound))
-        return self.options.temperature
+        return self._parameters.get("temperature", self.options.temperature)
 
     @temperature.setter
     def temperature(self, value: Any) -> None:
         if self.learn_temperature:
             raise AttributeError("a learned temperature is set through log_inverse_temperature")
         self.options = self.options.replace(temperature=value)
+        self._parameters.pop("temperature", None)
+        if isinstance(value, nn.Parameter):
+            self._parameters["temperature"] = value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "temperature":  # nn.Module would register a Parameter past the property
+            _Loss.temperature.__set__(self, value)  # type: ignore[attr-defined]
+        else:
+            super().__setattr__(name, value)
 
     def _learned(self) -> Any:
         """The temperature to override the options' with: the learned one, else None."""
-        return self.temperature if self.learn_temperature else None
+        if self.learn_temperature:
+            return self.temperature
+        registered = self._parameters.get("temperature")
+        if registered is not None and registered is not self.options.temperature:
+            # .to() or load_state_dict(assign=True) swapped the Parameter: follow it (checked)
+            self.options = self.options.replace(temperature=registered)
+        return None
 
     def _repr(self, shown: str) -> str:
         if not self.learn_temperature:
@@ -66,9 +82,20 @@ class _Loss(nn.Module):
         return shown + ", learn_temperature=True"
 
     def _shown_temperature(self) -> dict[str, Any]:
-        if not self.learn_temperature:
+        temperature = self.temperature
+        if not isinstance(temperature, torch.Tensor):
             return {}
-        return {"temperature": float(f"{float(self.temperature.detach()):.4g}")}
+        value = f"{float(temperature.detach()):.4g}"
+        if self.learn_temperature:
+            return {"temperature": float(value)}
+        return {"temperature": _Shown(f"{type(temperature).__name__}({value})")}
+
+
+class _Shown(str):
+    """Text shown as it is in a repr (a tensor's value, without its multi-line repr)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 @option_attributes
@@ -202,7 +229,7 @@ class SupervisedInfoNCE(_Loss):
 
     def extra_repr(self) -> str:
         o = self.options
-        shown = {"temperature": o.temperature, "reduction": o.reduction}
+        shown = {"temperature": self.temperature, "reduction": o.reduction}
         shown |= {name: getattr(o, name) for name in SUPERVISED} | self._shown_temperature()
         return self._repr(", ".join(f"{k}={v!r}" for k, v in shown.items()))
 

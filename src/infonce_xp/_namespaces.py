@@ -1,0 +1,93 @@
+"""Which library an array or a namespace belongs to: array-api-compat's answers, kept by type.
+
+array-api-compat's type tests are ``lru_cache``'d, which ``torch.compile`` warns about at every
+trace (and a process whose first call is compiled would trace them); their answers depend only
+on the arrays' types, so they are kept here, by type. Torch tensors (``Parameter`` and other
+subclasses included) are told by ``isinstance``, which a compiler traces, without compat.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import array_api_compat
+
+from ._typing import Array, Namespace
+
+_IS_ARRAY: dict[type, bool] = {}
+_NAMESPACES: dict[tuple[type, ...], Namespace] = {}
+
+
+def is_torch_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (of any subclass), without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def is_array_api_obj(x: Any) -> bool:
+    """Whether ``x`` is an array of some array-API library (NumPy scalars count)."""
+    # Python numbers first: a compiler's traced number has no attributes to ask about.
+    if isinstance(x, (int, float)):
+        return False
+    if is_torch_tensor(x):
+        return True
+    kind = type(x)
+    if kind not in _IS_ARRAY:
+        _IS_ARRAY[kind] = bool(array_api_compat.is_array_api_obj(x))
+    return _IS_ARRAY[kind]
+
+
+def array_namespace(*xs: Array) -> Namespace:
+    """The namespace of arrays of one library (``array_api_compat.array_namespace``); a
+    TypeError for arrays of several."""
+    kinds = tuple(type(x) for x in xs)
+    found = _NAMESPACES.get(kinds)
+    if found is None:
+        if all(is_torch_tensor(x) for x in xs):
+            import array_api_compat.torch as found  # what compat gives, without its caches
+        else:
+            found = array_api_compat.array_namespace(*xs)
+        _NAMESPACES[kinds] = found
+    return found
+
+
+def result_type(xp: Namespace, *arrays: Array) -> Any:
+    """``xp.result_type`` of arrays, without asking when they share one dtype (most calls)."""
+    dtypes = {x.dtype for x in arrays}
+    return dtypes.pop() if len(dtypes) == 1 else xp.result_type(*arrays)
+
+
+def device(x: Array) -> Any:
+    """The device of ``x``; None for a JAX array under ``jax.jit``."""
+    if is_torch_tensor(x):
+        return x.device  # what compat returns, without its cached type tests (compile warns)
+    return array_api_compat.device(x)
+
+
+# The libraries with an autograd bridge, by the names of their namespaces (the library's own
+# and array-api-compat's wrapper): compat's namespace tests are lru_cache'd (see above).
+_BRIDGED = {
+    "torch": "torch",
+    "array_api_compat.torch": "torch",
+    "jax.numpy": "jax",
+    "jax.experimental.array_api": "jax",
+}
+
+
+def library(xp: Namespace) -> str | None:
+    """``"torch"`` or ``"jax"`` for the libraries with their own autograd bridge, else None."""
+    return _BRIDGED.get(getattr(xp, "__name__", ""))
+
+
+def library_name(xp: Namespace) -> str:
+    """The library behind a namespace, whether its own or array-api-compat's wrapper of it
+    (``"numpy"`` for ``numpy`` and ``array_api_compat.numpy``, ``"jax"`` for ``jax.numpy``)."""
+    name = str(getattr(xp, "__name__", ""))
+    return name.removeprefix("array_api_compat.").partition(".")[0]
+
+
+def torch_compiling() -> bool:
+    """Whether torch is compiling (tracing) the caller, without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
