@@ -12,6 +12,7 @@ nox.options.sessions = [
     "tests(array_api_strict)",
     "tests(torch)",
     "tests(jax)",
+    "tests(cupy_like)",
     "lint",
     "typecheck",
     "docs",
@@ -27,6 +28,7 @@ BACKEND_PACKAGES = {
     "array_api_strict": [],
     "torch": [],
     "jax": [JAX, "optax"],
+    "cupy_like": [],
     "cupy": [os.environ.get("INFONCE_CUPY", "cupy-cuda12x")],
     "torch-cuda": [],
     "jax-gpu": [os.environ.get("INFONCE_JAX_GPU", "jax[cuda12]")],
@@ -41,7 +43,7 @@ def group(name: str) -> list[str]:
 @nox.parametrize(
     "backend",
     [
-        *(nox.param(b, id=b) for b in ("numpy", "array_api_strict", "torch", "jax")),
+        *(nox.param(b, id=b) for b in ("numpy", "array_api_strict", "torch", "jax", "cupy_like")),
         *(nox.param(b, id=b, tags=["gpu"]) for b in ("cupy", "torch-cuda", "jax-gpu")),
     ],
 )

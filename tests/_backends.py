@@ -21,6 +21,8 @@ BACKENDS = {
     "array_api_strict": ("array_api_strict", None),
     "torch": ("torch", "cpu"),
     "jax": ("jax", "cpu"),
+    # NumPy-backed, with CuPy's traits (tests/_cupy_like.py): CuPy's code paths without a GPU
+    "cupy_like": ("_cupy_like", None),
     "cupy": ("cupy", "cuda"),
     "torch-cuda": ("torch", "cuda"),
     "jax-gpu": ("jax", "gpu"),
@@ -92,6 +94,12 @@ class Backend:
     def float64(self) -> bool:
         return True
 
+    @property
+    def host_readable(self) -> bool:
+        """Whether infonce_xp reads a 0-D array's value at a call (it does where that costs no
+        device synchronisation: host memory of a library it knows; cupy_like stands for CuPy)."""
+        return self.name in ("numpy", "array_api_strict", "torch", "jax")
+
     def asarray(self, x: Any, dtype: str | None = None) -> Any:
         x = np.asarray(x)
         dtype_name = dtype or str(x.dtype)
@@ -130,13 +138,17 @@ class Backend:
             return x.get()
         if self.name == "array_api_strict":
             return np.asarray(x._array)
+        if self.name == "cupy_like":
+            return np.asarray(x).view(np.ndarray)
         if str(x.dtype) == "bfloat16":
             return np.asarray(x.astype("float32"))
         return np.asarray(x)
 
     def check_array(self, x: Any, what: str = "actual") -> None:
         """``x`` is an array of this backend's namespace, on its device."""
-        from array_api_compat import array_namespace, device
+        from array_api_compat import device
+
+        from infonce_xp._namespaces import array_namespace  # knows the registered cupy_like
 
         try:
             namespace = array_namespace(x)
@@ -219,4 +231,6 @@ def make_backend(name: str) -> Backend:
         return Backend(name, jnp, lib.devices(platform)[0])
     if name == "cupy":
         return Backend(name, lib)
+    if name == "cupy_like":
+        return Backend(name, lib.xp)
     raise ValueError(name)

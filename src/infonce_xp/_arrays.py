@@ -80,6 +80,12 @@ class Traits:
     fusing
         A compiler fuses element-wise work (XLA; torch while compiling): stacking arrays to
         save operations gains nothing.
+    fill
+        The method that fills an array (a view) with one number in one kernel: ``"fill_"``
+        (torch), ``"fill"`` (NumPy, CuPy) or ``""`` (none: item assignment).
+    masked_fill
+        Arrays have ``masked_fill_(mask, value)`` (torch), where boolean item assignment would
+        synchronise on the mask's count.
     """
 
     writeable: bool
@@ -90,6 +96,8 @@ class Traits:
     diagonal_read: Callable[[], bool]
     fusing: Callable[[], bool]
     watched: Callable[[], bool]
+    fill: str = ""
+    masked_fill: bool = False
 
 
 _TRAITS: dict[str, Traits] = {}  # by namespace name: a plain dict traces cleanly under compile
@@ -122,6 +130,8 @@ def traits(xp: Namespace) -> Traits:
             diagonal_read=_not_compiling if library(xp) == "torch" else _always,
             fusing=_always if lazy else torch_compiling if library(xp) == "torch" else _never,
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
+            fill=next((m for m in ("fill_", "fill") if writeable and hasattr(probe, m)), ""),
+            masked_fill=writeable and hasattr(probe, "masked_fill_"),
         )
         _TRAITS[xp.__name__] = found
     return found
@@ -209,10 +219,12 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
     """
     n, m = x.shape
     if isinstance(offset, int) and _may_overwrite(xp, x):
-        if traits(xp).diagonal_view():
+        found = traits(xp)
+        if found.diagonal_view():
             view = x.diagonal(offset)
-            if isinstance(values, (int, float)):
-                view.fill_(values)  # one kernel; item assignment would copy a wrapped number
+            if isinstance(values, (int, float)) and found.fill:
+                # one kernel; item assignment would copy a wrapped number
+                getattr(view, found.fill)(values)
             else:
                 view[...] = values
             return x
@@ -238,7 +250,7 @@ def fill_where(xp: Namespace, x: Array, mask: Array, value: float) -> Array:
     """``where(mask, value, x)``, written over ``x`` where the library can (``x`` our own)."""
     if not _may_overwrite(xp, x):
         return xp.where(mask, value, x)
-    if hasattr(x, "masked_fill_"):  # torch: boolean __setitem__ would sync on nonzero()
+    if traits(xp).masked_fill:  # boolean __setitem__ would sync on the mask's count
         return x.masked_fill_(mask, value)
     x[mask] = value
     return x

@@ -18,8 +18,10 @@ def is_symbolic_number(x: Any) -> bool:
 
 def is_numpy_value(x: Any) -> bool:
     """A NumPy scalar or array (a number, not an array, to the other libraries)."""
-    numpy = sys.modules.get("numpy")  # isinstance, which a compiler traces: not type(x) names
-    return numpy is not None and isinstance(x, (numpy.ndarray, numpy.generic))
+    numpy = sys.modules.get("numpy")  # not type(x)'s module name, which compilers cannot trace
+    if numpy is None:
+        return False
+    return type(x) is numpy.ndarray or isinstance(x, numpy.generic)  # not a subclass's arrays
 
 
 def number(x: Array, *, sync: bool) -> float | None:
