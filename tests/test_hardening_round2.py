@@ -122,7 +122,9 @@ def compiled_and_eager(fn, *inputs, parameters=()):
 
 
 @pytest.mark.backends("torch")
-@pytest.mark.parametrize("case", ["plain", "labelled", "tiled", "supervised"])
+@pytest.mark.parametrize(
+    "case", ["plain", "labelled", "tiled", "supervised", "functions", "supervised function"]
+)
 def test_compile_with_a_parameter_temperature(case):
     q, k = data()
     y = torch.arange(8) % 3
@@ -132,6 +134,14 @@ def test_compile_with_a_parameter_temperature(case):
 
         def fn(q, k):
             return module(torch.cat([q, k]), torch.cat([y, y]))
+    elif case == "functions":
+
+        def fn(q, k):
+            return info_nce(q, k, temperature=t) + info_nce(q, k, temperature=t, labels=y)
+    elif case == "supervised function":
+
+        def fn(q, k):
+            return supervised_info_nce(torch.cat([q, k]), torch.cat([y, y]), temperature=t)
     else:
         module = InfoNCE(temperature=t, symmetric=True, chunk_size=3 if case == "tiled" else None)
         labels = None if case == "plain" else y
