@@ -12,8 +12,9 @@ One training step (zero_grad, loss, backward, SGD step) of an MLP encoder 784 ->
 Memory: each (method, batch) runs in a fresh process, which writes 5 to /proc/self/clear_refs
 just before the step (resetting VmHWM to the current resident size) and reads VmHWM after it.
 We report the step's peak (VmHWM) and what the step added to what was resident before it
-(the model, the data, torch itself). Time: one process alternates the two methods (interleaved,
-after one warm-up step each) and reports the median of each. Linux only (/proc).
+(the model, the data, torch itself), with the default allocator (no MALLOC_* variable reaches
+the children). Time: one process alternates the two methods (interleaved, after one warm-up
+step each) and reports the median of each. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -103,11 +104,10 @@ def child_time(batch: int, rounds: int, threads: int) -> dict[str, list[float]]:
 
 def fresh(*args: str) -> Any:
     """Run this file with ``--child ARGS`` in a new process; its JSON result."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    # glibc's malloc raises its mmap threshold as large blocks are freed, then keeps freed
-    # memory resident: fixing the threshold returns each large tensor's pages when it dies, so
-    # that VmHWM follows the live tensors, for both methods alike.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    # The allocator as users have it: no MALLOC_* tuning reaches the child, so the peak is
+    # what a training script sees (freed memory that the allocator keeps resident included).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args],
         check=True,

@@ -159,6 +159,54 @@ def test_jax_loop_is_not_unrolled(jax: Any) -> None:
     assert few.count("tanh") == many.count("tanh") == 8
 
 
+def dropout(jax: Any, key: Any, ids: Any, hidden: Any) -> Any:
+    """Dropout at rate 1/2 with one mask per row, drawn from ``key`` and the row's id."""
+
+    def keep(i: Any, row: Any) -> Any:
+        return jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, row.shape)
+
+    return jax.numpy.where(jax.vmap(keep)(ids, hidden), 2 * hidden, 0.0)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_jax_keys_and_integers_in_params(jax: Any, jit: bool) -> None:
+    """Leaves without a gradient ride along: float0 zeros, as value_and_grad(allow_int=True)."""
+    import jax.numpy as jnp
+
+    from infonce_xp import info_nce
+    from infonce_xp.jax import grad_cache
+
+    params, views = jax_setup(jax, "float64")
+    params = {**params, "new key": jax.random.key(7), "raw key": jax.random.PRNGKey(8), "steps": 3}
+    batch = (jnp.arange(37), views)
+
+    def encode(p: Any, b: Any) -> tuple[Any, Any]:
+        ids, v = b
+        query = dropout(jax, p["new key"], ids, jnp.tanh(v["a"] @ p["query"][0])) @ p["query"][1]
+        key = dropout(jax, p["raw key"], ids, jnp.tanh(v["b"][0] @ p["key"][0])) @ p["key"][1]
+        return query, key * p["steps"]
+
+    def plain(p: Any) -> Any:
+        return info_nce(*encode(p, batch), symmetric=True)
+
+    expected_loss, expected = jax.value_and_grad(plain, allow_int=True)(params)
+    step = partial(grad_cache, encode, loss_fn=partial(info_nce, symmetric=True), micro_batch=10)
+    loss, grads = (jax.jit(step) if jit else step)(params, batch)
+    assert_close(loss, expected_loss, "float64", "loss")
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(expected)
+    paths = jax.tree_util.tree_flatten_with_path(expected)[0]
+    for (path, want), got in zip(paths, jax.tree_util.tree_leaves(grads)):
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), jax.tree_util.keystr(path)
+        if want.dtype != jax.dtypes.float0:
+            assert_close(got, want, "float64", jax.tree_util.keystr(path))
+    assert (
+        grads["new key"].dtype
+        == grads["raw key"].dtype
+        == grads["steps"].dtype
+        == jax.dtypes.float0
+    )
+
+
 BAD_JAX = {
     "micro_batch zero": (
         {"micro_batch": 0},
@@ -183,6 +231,12 @@ BAD_JAX = {
         r"encode must return one row per input row: 4 rows",
     ),
     "encode type": ({"encode": "type"}, TypeError, "encode must return an array or a tuple"),
+    "encode integers": (
+        {"encode": "integers"},
+        TypeError,
+        r"encode must return floating-point embeddings .* got tower 1 of dtype int32 and "
+        r"shape \(4, 8\)",
+    ),
     "loss vector": (
         {"loss_fn": "vector"},
         ValueError,
@@ -209,6 +263,7 @@ def test_jax_bad_arguments(jax: Any, case: tuple[dict[str, Any], type, str]) -> 
     encode = {
         "rows": lambda p, v: (two_towers(p, v)[0], two_towers(p, v)[1][:3]),
         "type": lambda p, v: {"q": two_towers(p, v)[0]},
+        "integers": lambda p, v: (two_towers(p, v)[0], two_towers(p, v)[1].astype(jnp.int32)),
     }.get(change.get("encode"), two_towers)
     loss_fn = {
         "vector": partial(info_nce, reduction="none"),

@@ -10,6 +10,7 @@ torch, JAX tests need JAX; each is skipped, with the reason, without it.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _grad_cache_common import assert_close
+from _grad_cache_common import (
+    assert_close,
+    batch_norm_case,
+    buffers,
+    by_hand,
+    compare_torch,
+    containers,
+    torch_grads,
+    torch_model,
+    torch_views,
+)
 from _subprocess import free_port, run_python
 
 HERE = Path(__file__).resolve().parent
@@ -31,67 +42,6 @@ def torch() -> Any:
 
 # --------------------------------------------------------------------------------------------
 # torch
-
-
-def torch_grads(module: Any) -> dict[str, np.ndarray]:
-    return {n: p.grad.detach().double().numpy().copy() for n, p in module.named_parameters()}
-
-
-def torch_model(dtype: str, *, towers: int, dropout: float = 0.0) -> Any:
-    """``towers`` MLP encoders in a ModuleList (float32 or float64), seeded."""
-    import torch
-
-    torch.manual_seed(0)
-
-    def mlp() -> Any:
-        return torch.nn.Sequential(
-            torch.nn.Linear(12, 24),
-            torch.nn.Tanh(),
-            torch.nn.Dropout(dropout),
-            torch.nn.Linear(24, 8),
-        )
-
-    return torch.nn.ModuleList([mlp() for _ in range(towers)]).to(getattr(torch, dtype))
-
-
-def torch_views(dtype: str, rows: int = 37) -> tuple[Any, Any]:
-    import torch
-
-    data = torch.Generator().manual_seed(1)
-    views = torch.randn(2, rows, 12, generator=data, dtype=getattr(torch, dtype))
-    return views[0], views[1]
-
-
-def compare_torch(
-    torch: Any,
-    model: Any,
-    encode: Any,
-    inputs: Any,
-    loss_fn: Any,
-    micro_batch: int,
-    dtype: str,
-    reference: Any = None,
-) -> None:
-    """grad_cache's gradients (model and loss_fn) against plain backward on the whole batch."""
-    from infonce_xp.torch import grad_cache
-
-    modules = (
-        torch.nn.ModuleList([model, loss_fn]) if isinstance(loss_fn, torch.nn.Module) else model
-    )
-    torch.manual_seed(2)
-    expected_loss = (reference or (lambda: loss_fn(*encode(inputs))))()
-    expected_loss.backward()
-    expected = torch_grads(modules)
-    modules.zero_grad(set_to_none=True)
-
-    torch.manual_seed(2)
-    loss = grad_cache(encode, inputs, loss_fn, micro_batch)
-    assert not loss.requires_grad
-    assert_close(loss.item(), expected_loss.item(), dtype, "loss")
-    actual = torch_grads(modules)
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert_close(actual[name], expected[name], dtype, name)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -262,6 +212,111 @@ def test_torch_autocast_infonce(torch: Any) -> None:
     autocast_case(torch, InfoNCE(symmetric=True, chunk_size=8))
 
 
+# --------------------------------------------------------------------------------------------
+# module state: the graph-free pass updates nothing, the pass with the graph counts once
+
+
+@pytest.mark.parametrize("kind", ["closure", "module", "bound method", "compiled"])
+def test_torch_batch_norm_one_micro_batch_updates_like_plain_training(
+    torch: Any, kind: str
+) -> None:
+    from infonce_xp.torch import InfoNCE, grad_cache
+
+    net, encode, views = batch_norm_case(torch, kind)
+    InfoNCE()(*encode(views)).backward()
+    expected, expected_grads = buffers(net), torch_grads(net)
+    net, encode, views = batch_norm_case(torch, kind)
+    grad_cache(encode, views, InfoNCE(), micro_batch=30)
+    assert int(net[1].num_batches_tracked) == 2  # two views: two forward calls of the net
+    for name, buffer in buffers(net).items():
+        assert torch.equal(buffer, expected[name]), name
+    for name, grad in torch_grads(net).items():
+        assert_close(grad, expected_grads[name], "float64", name)
+
+
+def test_torch_batch_norm_counts_each_micro_batch_once(torch: Any) -> None:
+    from infonce_xp.torch import InfoNCE, grad_cache
+
+    net, encode, views = batch_norm_case(torch, "closure")
+    by_hand(torch, encode, views, InfoNCE(), 8).backward()
+    expected, expected_grads = buffers(net), torch_grads(net)
+    net, encode, views = batch_norm_case(torch, "closure")
+    grad_cache(encode, views, InfoNCE(), micro_batch=8)  # 30 rows: 8, 8, 8, 6
+    assert int(net[1].num_batches_tracked) == 2 * 4  # two views, four micro-batches
+    for name, buffer in buffers(net).items():
+        assert_close(buffer.double().numpy(), expected[name].double().numpy(), "float64", name)
+    for name, grad in torch_grads(net).items():
+        assert_close(grad, expected_grads[name], "float64", name)
+
+
+def test_torch_replay_sees_the_state_of_its_graph_free_pass(torch: Any) -> None:
+    """A spectral norm's power iteration (buffers that change the output) gives exact gradients."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    from infonce_xp.torch import InfoNCE, grad_cache
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(spectral_norm(torch.nn.Linear(12, 24)), torch.nn.Tanh()).double()
+    encode = lambda v: (net(v[0]), net(v[1]))  # noqa: E731
+    views, start = torch_views("float64", 30), buffers(net)
+    expected_loss = by_hand(torch, encode, views, InfoNCE(), 8)
+    expected_loss.backward()
+    expected, expected_grads = buffers(net), torch_grads(net)
+    net.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, buffer in net.named_buffers():
+            buffer.copy_(start[name])
+    loss = grad_cache(encode, views, InfoNCE(), micro_batch=8)
+    assert_close(loss, expected_loss.detach(), "float64", "loss")
+    for name, grad in torch_grads(net).items():
+        assert_close(grad, expected_grads[name], "float64", name)
+    for name, buffer in buffers(net).items():
+        assert_close(buffer.numpy(), expected[name].numpy(), "float64", name)
+
+
+def test_torch_buffers_are_kept_when_encode_fails(torch: Any) -> None:
+    """A bad embedding is refused before the loss runs, and BatchNorm has not counted it."""
+    from infonce_xp.torch import grad_cache
+
+    net, _, views = batch_norm_case(torch, "closure")
+    before = buffers(net)
+    calls = []
+    with pytest.raises(TypeError, match=r"got tower 0 of dtype torch.int64 and shape"):
+        grad_cache(lambda v: net(v[0]).long(), views, lambda e: calls.append(e), 8)
+    assert not calls
+    for name, buffer in buffers(net).items():
+        assert torch.equal(buffer, before[name]), name
+
+
+# --------------------------------------------------------------------------------------------
+# inputs of any container type reach encode as that type
+
+
+@pytest.mark.parametrize("container", list(containers(0, 0)))
+def test_torch_inputs_keep_their_container_types(torch: Any, container: str) -> None:
+    from infonce_xp.torch import InfoNCE
+
+    model = torch_model("float64", towers=1)
+    inputs = containers(*torch_views("float64"))[container]
+    seen = []
+
+    def encode(batch: Any) -> tuple[Any, Any]:
+        seen.append(batch)
+        pair = batch["views"][0] if container == "nested" else batch
+        if container == "nested":
+            assert type(batch["extra"]) is defaultdict and batch["extra"].default_factory is int
+        if isinstance(pair, tuple):
+            return model[0](pair.query), model[0](pair.key)
+        return model[0](pair["query"]), model[0](pair["key"])
+
+    compare_torch(torch, model, encode, inputs, InfoNCE(), 10, "float64")
+    assert all(type(batch) is type(inputs) for batch in seen)
+    if container == "defaultdict":
+        assert all(batch.default_factory is list for batch in seen)
+    if container == "dict subclass":
+        assert all(batch.note == "kept" for batch in seen)
+
+
 BAD_TORCH = {
     "micro_batch zero": (
         {"micro_batch": 0},
@@ -292,6 +347,17 @@ BAD_TORCH = {
         r"encode must return one row per input row: 4 rows .* got shapes \[\(4, 8\), \(3, 8\)\]",
     ),
     "encode type": ({"encode": "type"}, TypeError, "encode must return a tensor or a tuple"),
+    "encode integers": (
+        {"encode": "integers"},
+        TypeError,
+        r"encode must return floating-point embeddings .* got tower 1 of dtype torch.int64 "
+        r"and shape \(4, 8\)",
+    ),
+    "encode width changes": (
+        {"encode": "width"},
+        ValueError,
+        r"the same shape .* tower 0 was \(rows, 8\) torch.float32 on cpu, then \(rows, 4\)",
+    ),
     "loss vector": (
         {"loss_fn": "vector"},
         ValueError,
@@ -322,6 +388,8 @@ def test_torch_bad_arguments(torch: Any, case: tuple[dict[str, Any], type, str])
     encode = {
         "rows": lambda v: (model[0](v[0]), model[0](v[1])[:3]),
         "type": lambda v: [v[0].numpy()],
+        "integers": lambda v: (model[0](v[0]), model[0](v[1]).long()),
+        "width": lambda v: (model[0](v[0])[:, : 8 if len(v[0]) == 4 else 4], model[0](v[1])),
     }.get(change.get("encode"), lambda v: (model[0](v[0]), model[0](v[1])))
     loss_fn = {
         "vector": InfoNCE(reduction="none"),

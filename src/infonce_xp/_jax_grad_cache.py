@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._micro_batches import batch_size, check_micro_batch, check_rows, check_towers, describe
 
@@ -50,7 +51,10 @@ def grad_cache(
         rows) to the embeddings: an array (one tower) or a tuple of arrays (one per tower,
         e.g. ``(query, key)``), each with one row per input row.
     params : pytree
-        The encoder's parameters: what the gradient is taken with respect to.
+        The encoder's parameters: what the gradient is taken with respect to. Its
+        floating-point leaves get their gradient; other leaves (a dropout key, from
+        ``jax.random.key`` or ``jax.random.PRNGKey``, integers) are passed to ``encode`` as they
+        are and get ``float0`` zeros, as ``jax.value_and_grad(..., allow_int=True)`` gives.
     inputs : pytree
         The whole batch: a pytree (array, tuple, list, dict, ...) whose arrays all share the
         batch axis 0. Its shapes must be static (they are under ``jax.jit``).
@@ -63,7 +67,8 @@ def grad_cache(
         encoder's residuals scales with it.
     loss_params : pytree, optional
         Parameters of the loss itself, such as a learned temperature. When given, they are
-        passed to ``loss_fn`` first and their gradient is returned too.
+        passed to ``loss_fn`` first and their gradient is returned too (``float0`` zeros for
+        leaves that are not floating point).
 
     Returns
     -------
@@ -76,8 +81,8 @@ def grad_cache(
     Raises
     ------
     TypeError
-        If ``micro_batch`` is not an int, ``encode`` returns something other than arrays, or
-        ``loss_fn`` returns no array.
+        If ``micro_batch`` is not an int, ``encode`` returns something other than
+        floating-point arrays, or ``loss_fn`` returns no array.
     ValueError
         If ``micro_batch`` is not positive, the batch is empty, the arrays of ``inputs``
         differ in their number of rows, ``encode`` returns the wrong number of rows, or
@@ -88,7 +93,9 @@ def grad_cache(
     To learn a temperature, pass it as (or inside) ``loss_params``: it does not go through
     ``encode``. Random numbers inside ``encode`` (dropout) must come from keys in ``inputs``
     or ``params``, so that both passes see the same ones; data augmentation is cheaper drawn
-    once, before the call.
+    once, before the call. A key in ``params`` is the same for every micro-batch: fold in
+    something of each row (``jax.random.fold_in(key, row_id)``, with the ids in ``inputs``) to
+    draw the masks that the whole batch would draw, whatever ``micro_batch``.
 
     Examples
     --------
@@ -142,30 +149,61 @@ def grad_cache(
         return loss
 
     argnums = tuple(range(len(embeddings) + 1))
-    loss, cotangents = jax.value_and_grad(loss_of, argnums=argnums)(
+    loss, cotangents = jax.value_and_grad(loss_of, argnums=argnums, allow_int=True)(
         loss_params if with_loss_params else None, *embeddings
     )
     loss_grads, cotangents = cotangents[0], cotangents[1:]
     cotangents = tuple(c.astype(e.dtype) for c, e in zip(cotangents, embeddings))
 
-    # (3) the parameters' gradient: each micro-batch's vjp with its rows of the cotangents
-    def pull(batch: Any, cotangent: tuple[Any, ...], size: int) -> Any:
-        _, vjp = jax.vjp(lambda p: run(p, batch, size), params)
-        (grad,) = vjp(cotangent)
-        return grad
+    # (3) the parameters' gradient: each micro-batch's vjp with its rows of the cotangents,
+    # with respect to the floating-point leaves of params (keys and integers are constants)
+    differentiable, merge = _partition(params)
 
-    grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    def pull(batch: Any, cotangent: tuple[Any, ...], size: int) -> list[Any]:
+        _, vjp = jax.vjp(lambda leaves: run(merge(leaves), batch, size), differentiable)
+        (grad,) = vjp(cotangent)
+        return list(grad)
+
+    grads = [jnp.zeros_like(leaf) for leaf in differentiable]
     if full:
 
-        def step(total: Any, block: tuple[Any, tuple[Any, ...]]) -> tuple[Any, None]:
-            grad = pull(*block, micro_batch)
-            return jax.tree_util.tree_map(jnp.add, total, grad), None
+        def step(total: list[Any], block: tuple[Any, tuple[Any, ...]]) -> tuple[list[Any], None]:
+            return [t + g for t, g in zip(total, pull(*block, micro_batch))], None
 
         grads, _ = jax.lax.scan(step, grads, (blocks(inputs), blocks(cotangents)))
     if rest:
-        grad = pull(tail(inputs), tail(cotangents), rest)
-        grads = jax.tree_util.tree_map(jnp.add, grads, grad)
-    return loss, ((grads, loss_grads) if with_loss_params else grads)
+        grads = [t + g for t, g in zip(grads, pull(tail(inputs), tail(cotangents), rest))]
+    param_grads = merge(grads, others=_float0_zeros)
+    return loss, ((param_grads, loss_grads) if with_loss_params else param_grads)
+
+
+def _partition(params: Any) -> tuple[list[Any], Callable[..., Any]]:
+    """The leaves of ``params`` that have a gradient, and how to put such leaves back.
+
+    ``merge(leaves)`` is ``params`` with ``leaves`` in their places; ``merge(leaves,
+    others=f)`` puts ``f(leaf)`` in the places of the leaves without a gradient (random keys,
+    integers: ``float0`` zeros, as ``jax.value_and_grad(..., allow_int=True)`` gives them).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    wrt = [i for i, leaf in enumerate(leaves) if _differentiable(leaf)]
+
+    def merge(values: list[Any], others: Callable[[Any], Any] = lambda leaf: leaf) -> Any:
+        every = [others(leaf) for leaf in leaves]
+        for i, value in zip(wrt, values):
+            every[i] = value
+        return jax.tree_util.tree_unflatten(treedef, every)
+
+    return [leaves[i] for i in wrt], merge
+
+
+def _differentiable(leaf: Any) -> bool:
+    """Whether a leaf of ``params`` has a gradient: floating point (or complex), not a key."""
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+    return bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def _float0_zeros(leaf: Any) -> Any:
+    return np.zeros(np.shape(leaf), dtype=jax.dtypes.float0)
 
 
 def _check(inputs: Any, micro_batch: Any) -> int:
@@ -184,6 +222,12 @@ def _embeddings(out: Any, rows: int) -> tuple[Any, ...]:
             f"encode must return an array or a tuple of arrays (one per tower); got {describe(out)}"
         )
     check_rows([tuple(e.shape) for e in out], rows)
+    for tower, e in enumerate(out):
+        if not jnp.issubdtype(e.dtype, jnp.floating):
+            raise TypeError(
+                "encode must return floating-point embeddings (the loss's gradient flows "
+                f"back through them); got tower {tower} of dtype {e.dtype} and shape {e.shape}"
+            )
     return tuple(out)
 
 
