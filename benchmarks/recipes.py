@@ -64,8 +64,11 @@ def tiled_part(section: Section, config: dict[str, Any]) -> None:
         f"memory above the inputs against the seed's untiled peak, estimated as three N x N "
         f"float32 matrices ({size(seed_estimate)}; the memory section measures about three):\n\n"
         + table(["call", "peak (MiB)", "/ seed (estimated)", "time (ms)"], rows)
-        + "\n\nThe peak is the process's resident size, so it includes what glibc's allocator "
-        "keeps after freeing the many tile-sized temporaries (its threshold for returning them "
-        "rises as they are freed); with `MALLOC_MMAP_THRESHOLD_=131072` the pairs call peaks at "
-        "about a tenth of its figure here."
+        + "\n\nThe peak is the process's resident size under glibc's default allocator "
+        "settings (no `MALLOC_*` variable), so it includes what the allocator keeps after "
+        "freeing. The tiled backward adds each tile's gradient into buffers made once per call, "
+        "where it used to stack and sum an (N, D) array per block of rows: freed among the "
+        "tiles' temporaries, those left the heap too fragmented to reuse, and the peak grew with "
+        "the number of tiles (to 633 MiB, varying from run to run). It is now close to the "
+        "arrays alive at once."
     )

@@ -28,6 +28,7 @@ from ._typing import Array, Namespace
 
 __all__ = [
     "Traits",
+    "add_at",
     "array_namespace",
     "as_array",
     "clip_min",
@@ -40,6 +41,7 @@ __all__ = [
     "is_torch_tensor",
     "library",
     "library_name",
+    "may_write",
     "multiply_into",
     "python_scan",
     "result_type",
@@ -378,3 +380,22 @@ def _python_scan(xp: Namespace) -> Scan:
 def as_array(xp: Namespace, x: Any) -> Array:
     """A 0-D array for a reduction's result: NumPy's reductions return scalars."""
     return xp.asarray(x) if traits(xp).scalar_reductions else x
+
+
+def may_write(xp: Namespace, *xs: Array) -> bool:
+    """Whether our own temporaries may be written over now, with values computed from ``xs``:
+    the library's arrays are writeable, no transform watches, and none of ``xs`` is on an
+    autograd tape (as each ``*_into`` primitive decides for its own array). A loop that
+    accumulates in place asks once, before it starts."""
+    found = traits(xp)
+    return found.writeable and not found.watched() and all(_may_overwrite(xp, x) for x in xs)
+
+
+def add_at(xp: Namespace, x: Array, index: int, y: Array) -> Array:
+    """``x`` with ``y`` added to ``x[index, ...]``: in place where the library can (``x`` must
+    be our own; neither it nor ``y`` on an autograd tape), else a new array."""
+    if not (_may_overwrite(xp, x) and _may_overwrite(xp, y)):
+        parts = [x[:index, ...], (x[index, ...] + y)[None, ...], x[index + 1 :, ...]]
+        return xp.concat(parts, axis=0)
+    x[index, ...] += y
+    return x

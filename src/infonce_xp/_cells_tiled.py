@@ -21,7 +21,7 @@ from ._cells import (
     shared_logits,
     zeros,
 )
-from ._tiled import blocks, starts, unblock
+from ._tiled import blocks, collect, in_place, starts, unblock
 from ._typing import Array, Namespace
 
 
@@ -122,6 +122,8 @@ def _backward(
     has_keys = p.shared is not None and p.shared.shape[0] > 0
     key_blocks: Any = _key_blocks(xp, p, chunk) if has_keys else None
     stats = residuals[:2]
+    grad_keys = xp.zeros_like(key_blocks[0]) if has_keys else xp.zeros((), dtype=scaled.dtype)
+    writes = in_place(xp, grad_keys, scaled, weight)
 
     def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
         scaled_i, row0, y, paired, py, anchor_i, weight_i, *residual = _unpack(p, x)
@@ -134,8 +136,9 @@ def _backward(
                 r = response(xp, p, tuple(residual), z, masks)
                 return pulled + r @ keys, (r.T @ weighted_i,)
 
-            pulled, (grad_keys_i,) = scan(key_block, pulled, key_blocks)
-            grad_keys = grad_keys + grad_keys_i
+            pulled, (grad_keys,) = collect(
+                xp, scan, key_block, pulled, key_blocks, (grad_keys,), writes
+            )
         grad_paired_i = None
         if paired is not None:
             z = paired_logits(scaled_i, paired)
@@ -145,9 +148,13 @@ def _backward(
         outs = (pulled * weight_i[:, None],) + (() if grad_paired_i is None else (grad_paired_i,))
         return grad_keys, outs
 
-    grad_keys = xp.zeros_like(key_blocks[0]) if has_keys else xp.zeros((), dtype=scaled.dtype)
     xs = _row_blocks(xp, p, scaled, chunk, p.anchor, weight, *stats)
-    grad_keys, outs = scan(row_block, grad_keys, xs)
+    into: tuple[Array, ...] | None = None
+    if writes:  # the row blocks' gradients written into their place as they come
+        into = (xp.zeros_like(xs[0]),)
+        if p.paired is not None:
+            into += (xp.zeros_like(blocks(xp, p.paired, chunk)),)
+    grad_keys, outs = collect(xp, scan, row_block, grad_keys, xs, into, writes)
     grad_anchor = unblock(xp, outs[0], n)
     grad_paired = unblock(xp, outs[1], n) if p.paired is not None else None
     grad_shared = None

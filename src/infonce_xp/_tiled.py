@@ -1,37 +1,92 @@
 """One direction's loss rows and gradient streamed over blocks, never holding the N x M logits.
 
-Queries and keys are cut into blocks of ``chunk`` rows (the last one zero-padded and masked).
-The forward keeps a running row maximum and sum (online log-sum-exp, as in flash attention and
-Inf-CL); the backward recomputes each tile from those O(N) statistics. Loops go through a
-``scan(body, carry, xs)`` driver: a Python loop for eager backends, ``jax.lax.scan`` under JAX,
-so the traced program does not grow with the number of blocks.
+Queries and keys are cut into blocks of ``chunk`` rows, or all of them where there are fewer
+(the last block zero-padded and masked). The forward keeps a running row maximum and sum
+(online log-sum-exp, as in flash attention and Inf-CL); the backward recomputes each tile from
+those O(N) statistics. Loops go through a ``scan(body, carry, xs)`` driver: a Python loop for
+eager backends, ``jax.lax.scan`` under JAX, so the traced program does not grow with the number
+of blocks.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any
 
 from . import _core
-from ._arrays import Scan, device, diagonal_mask, row_dot, subtract_exp
+from ._arrays import Scan, add_at, device, diagonal_mask, may_write, row_dot, subtract_exp
 from ._typing import Array, Namespace
 
 
 def blocks(xp: Namespace, x: Array, chunk: int) -> Array:
-    """``x`` with its leading axis padded to a multiple of ``chunk`` and split: (nb, chunk, ...)."""
-    n = x.shape[0]
+    """``x`` with its leading axis padded to a multiple of its tile and split: (nb, tile, ...).
+
+    The tile is ``chunk`` rows, but never more than there are (a ``chunk_size`` beyond the batch
+    must not pad every tile to chunk x chunk), and at least 1. Axes of size 0 after the first
+    are fine (no negatives).
+    """
+    shape = x.shape
+    n = shape[0]
+    chunk = min(chunk, n) or 1
     pad = -n % chunk
     if pad:
-        zeros = xp.zeros((pad, *x.shape[1:]), dtype=x.dtype, device=device(x))
+        zeros = xp.zeros((pad, *shape[1:]), dtype=x.dtype, device=device(x))
         x = xp.concat([x, zeros], axis=0)
-    return xp.reshape(x, (-1, chunk, *x.shape[1:]))
+    # the number of blocks spelled out: reshape cannot infer a -1 when the array is empty
+    return xp.reshape(x, ((n + pad) // chunk, chunk, *shape[1:]))
 
 
 def unblock(xp: Namespace, x: Array, n: int) -> Array:
-    return xp.reshape(x, (-1, *x.shape[2:]))[:n, ...]
+    shape = x.shape
+    return xp.reshape(x, (shape[0] * shape[1], *shape[2:]))[:n, ...]
 
 
 def starts(xp: Namespace, n: int, chunk: int, like: Array) -> Array:
-    return xp.arange(0, n, chunk, device=device(like))
+    """The first row of each of the blocks that :func:`blocks` cuts ``n`` rows into."""
+    return xp.arange(0, n, min(chunk, n) or 1, device=device(like))
+
+
+# From this many elements on, a loop's (M, D) gradient is accumulated in place (see collect);
+# below, summing it anew per row block costs less than the writes, and the heap cannot
+# fragment by much.
+IN_PLACE_FROM = 1 << 18
+
+
+def in_place(xp: Namespace, total: Array, *xs: Array) -> bool:
+    """Whether :func:`collect` accumulates into ``total`` (our own) in place, given the arrays
+    ``xs`` its parts are computed from."""
+    return math.prod(total.shape) >= IN_PLACE_FROM and may_write(xp, *xs)
+
+
+def collect(
+    xp: Namespace, scan: Scan, body: Any, carry: Any, xs: Any, into: Any, writes: bool
+) -> tuple[Any, tuple[Array, ...]]:
+    """``scan(body, carry, xs)`` for a body that returns ``(carry, parts)``, one block of each
+    part per step: the carry and each part's blocks (nb, ...) added to ``into`` (a tuple, or
+    None for the stacked parts alone).
+
+    ``writes`` (from :func:`in_place`, with ``into`` our own buffers): each block is added into
+    its block of ``into`` as it comes, so a loop keeps no list of blocks, stacks nothing and
+    makes no new (M, D) sum per step. Such arrays, made and freed among the tiles' temporaries,
+    leave the C heap too fragmented for the next one, and the resident size grows with the
+    number of tiles (glibc keeps the freed pages).
+    """
+    if not writes:
+        carry, parts = scan(body, carry, xs)
+        return carry, parts if into is None else tuple(map(operator.add, into, parts))
+    step = iter(range(xs[0].shape[0]))  # an eager scan visits the blocks once, in order
+    totals = list(into)
+
+    def each(c: Any, x: Any) -> Any:
+        c, parts = body(c, x)
+        i = next(step)
+        for j, part in enumerate(parts):
+            totals[j] = add_at(xp, totals[j], i, part)
+        return c, None
+
+    carry, _ = scan(each, carry, xs)
+    return carry, tuple(totals)
 
 
 def masked_logits(
@@ -112,6 +167,8 @@ def backward(
     scaled = anchor * scale
     weight = grad_rows / partition * scale
     key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
+    grad_keys = xp.zeros_like(key_blocks[0])
+    writes = in_place(xp, grad_keys, scaled, weight)
 
     def row_block(grad_keys: Array, x: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
         scaled_i, anchor_i, max_i, weight_i, row0 = x
@@ -122,21 +179,20 @@ def backward(
             exps = subtract_exp(xp, logits, max_i[:, None])
             return pulled + exps @ y[0], (exps.T @ weighted_i,)
 
-        pulled, (grad_keys_i,) = scan(key_block, xp.zeros_like(scaled_i), key_blocks)
-        return grad_keys + grad_keys_i, (pulled,)
+        pulled, (grad_keys,) = collect(
+            xp, scan, key_block, xp.zeros_like(scaled_i), key_blocks, (grad_keys,), writes
+        )
+        return grad_keys, (pulled,)
 
-    grad_keys = xp.zeros_like(key_blocks[0])
-    grad_keys, (pulled,) = scan(
-        row_block,
-        grad_keys,
-        (
-            blocks(xp, scaled, chunk),
-            blocks(xp, anchor, chunk),
-            blocks(xp, row_max, chunk),
-            blocks(xp, weight, chunk),
-            starts(xp, n, chunk, scaled),
-        ),
+    row_blocks = (
+        blocks(xp, scaled, chunk),
+        blocks(xp, anchor, chunk),
+        blocks(xp, row_max, chunk),
+        blocks(xp, weight, chunk),
+        starts(xp, n, chunk, scaled),
     )
+    into = (xp.zeros_like(row_blocks[0]),) if writes else None
+    grad_keys, (pulled,) = collect(xp, scan, row_block, grad_keys, row_blocks, into, writes)
     return _core.finish(
         xp,
         anchor,
