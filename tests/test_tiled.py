@@ -194,7 +194,7 @@ def test_supervised_chunk_beyond_the_batch(backend, positives):
 def test_tiles_have_at_most_the_rows_there_are(monkeypatch, backend, name):
     """What the tiled loops see (a spy on the block split of both tiled modules): no tile is
     longer than its axis, so a chunk_size of 65536 at N=8 costs what chunk_size=8 does."""
-    from infonce_xp import _cells_tiled, _tiled
+    from infonce_xp import _tiled
 
     seen = []
     split = _tiled.blocks
@@ -205,7 +205,6 @@ def test_tiles_have_at_most_the_rows_there_are(monkeypatch, backend, name):
         return out
 
     monkeypatch.setattr(_tiled, "blocks", spy)
-    monkeypatch.setattr(_cells_tiled, "blocks", spy)
     _beyond_call(backend, name, 65536)
     assert seen
     for rows, shape in seen:

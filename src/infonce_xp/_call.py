@@ -1,4 +1,4 @@
-"""One call's arrays checked against its options, gathered across workers, and reduced.
+"""One call's arrays checked against its options, planned, and gathered across workers.
 
 Checks read static facts only (shapes, dtypes, namespaces, devices, Python values), so the same
 code runs under ``jax.jit`` and ``torch.compile(fullgraph=True)``.
@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _engine
+from . import _directions
 from ._arrays import (
     array_namespace,
-    as_array,
     device,
     is_array_api_obj,
     library_name,
     result_type,
     torch_compiling,
 )
+from ._engine import Plan
+from ._namespaces import is_numpy_value
 from ._options import Options, check_temperature, describe
 from ._typing import Array, Namespace
-from ._values import is_numpy_value
 
 _NDIM = {"query": 2, "positive_key": 2, "embeddings": 2}
-_TAGS = (_engine.LABELS, _engine.NEGATIVE_LABELS)  # integer arrays: class ids
+_TAGS = (_directions.LABELS, _directions.NEGATIVE_LABELS)  # integer arrays: class ids
 
 
 class Call(NamedTuple):
@@ -32,12 +32,15 @@ class Call(NamedTuple):
     xp: Namespace
     arrays: dict[str, Array]  # query, positive_key[, negative_keys]
     temperature: Any  # Python float or 0-D array
-    config: _engine.Config
+    plan: Plan
     options: Options
-    out_dtype: Any
 
 
-# Checked calls by signature (see check_call): their static facts only, never an array.
+# The plans of checked calls by signature (see check_call): static facts only, never an array.
+# Bounded: emptied when full. Never stale: the key holds every fact the checks and the plan read
+# (the options by value, the namespace, the temperature, each array's name, type, shape, dtype
+# and device); what the plan does not decide (an array temperature, whether a gradient is
+# wanted) is asked at each call.
 _CHECKED: dict[Any, Call] = {}
 
 
@@ -65,13 +68,13 @@ def check_call(
     the checks instead), nor with an array temperature, which is read at every call.
     """
     # by the engine's names, which are the arguments' (the single set's rows are its queries)
-    given = {_engine.QUERY: query}
+    given = {_directions.QUERY: query}
     if not supervised:
-        given[_engine.KEY] = positive_key
+        given[_directions.KEY] = positive_key
     for name, x in (
-        (_engine.NEGATIVES, negative_keys),
-        (_engine.LABELS, labels),
-        (_engine.NEGATIVE_LABELS, negative_labels),
+        (_directions.NEGATIVES, negative_keys),
+        (_directions.LABELS, labels),
+        (_directions.NEGATIVE_LABELS, negative_labels),
     ):
         if x is not None:
             given[name] = x
@@ -104,11 +107,11 @@ def _check_call(
 ) -> Call:
     """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
-    named = {first if k == _engine.QUERY else k: x for k, x in given.items() if k not in _TAGS}
-    if supervised and _engine.LABELS not in given:
+    named = {first if k == _directions.QUERY else k: x for k, x in given.items() if k not in _TAGS}
+    if supervised and _directions.LABELS not in given:
         raise TypeError("labels must be an array of integer class ids, one per row; got None")
     tags = {k: x for k, x in given.items() if k in _TAGS}
-    negative_keys = given.get(_engine.NEGATIVES)
+    negative_keys = given.get(_directions.NEGATIVES)
     for name, x in [*named.items(), *tags.items()]:
         if not is_array_api_obj(x):
             kind = "integer class ids" if name in tags else "(NumPy, torch, JAX, CuPy, ...)"
@@ -167,7 +170,7 @@ def _check_call(
             f"in_batch_negatives={options.in_batch_negatives!r}"
         )
     _check_labels(xp, named, tags, mode)
-    config = _engine.Config(
+    config = _directions.Config(
         "in-batch" if negative_keys is None else mode,
         options.symmetric and not supervised,
         options.normalize,
@@ -177,9 +180,11 @@ def _check_call(
         options.same_view_negatives or supervised,
         "labels" in tags,
         supervised,
+        options.gather is not None,
     )
-    out_dtype = result_type(xp, *named.values())
-    return Call(xp, given, temperature, config, options, out_dtype)
+    empty = negative_keys is not None and negative_keys.shape[-2] == 0
+    plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()))
+    return Call(xp, given, temperature, plan, options)
 
 
 def _check_labels(
@@ -264,20 +269,20 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
     gather = call.options.gather
     if gather is None:
         return arrays, 0
-    config, n = call.config, call.arrays[_engine.QUERY].shape[0]
+    config, n = call.plan.config, call.arrays[_directions.QUERY].shape[0]
     pairs = []
     if config.in_batch:
-        pairs.append((_engine.ALL_KEYS, "positive_key"))
+        pairs.append((_directions.ALL_KEYS, "positive_key"))
     if config.symmetric or config.same_view:
-        pairs.append((_engine.ALL_QUERIES, _engine.QUERY))
+        pairs.append((_directions.ALL_QUERIES, _directions.QUERY))
     if pairs and config.labelled:
-        pairs.append((_engine.ALL_LABELS, "labels"))
+        pairs.append((_directions.ALL_LABELS, "labels"))
     for everyone, mine in pairs:
         arrays[everyone] = _gather(gather, arrays[mine], mine)
     if config.mode == "unpaired":  # the local negatives are used only through the gathered ones
         for everyone, mine in (
-            (_engine.ALL_NEGATIVES, "negative_keys"),
-            (_engine.ALL_NEGATIVE_LABELS, "negative_labels"),
+            (_directions.ALL_NEGATIVES, "negative_keys"),
+            (_directions.ALL_NEGATIVE_LABELS, "negative_labels"),
         ):
             if mine in arrays:
                 arrays[everyone] = _gather(gather, arrays.pop(mine), mine)
@@ -299,26 +304,6 @@ def _gather(gather: Any, x: Array, name: str) -> Array:
             f"{', '.join(map(str, x.shape[1:]))}) for W workers; got {describe(out)}"
         )
     return out
-
-
-def reduce(call: Call, rows: Array, counts: Array | None = None) -> Array:
-    """Apply the reduction in the compute dtype, then return the inputs' dtype. ``counts``: each
-    row's weight in the mean (see ``_engine.forward``); a mean over no weight is 0."""
-    xp = call.xp
-    if call.options.reduction == "mean":
-        if counts is None:
-            rows = as_array(xp, xp.mean(rows))
-        else:
-            rows = as_array(xp, xp.sum(rows) / mean_divisor(xp, counts))
-    elif call.options.reduction == "sum":
-        rows = as_array(xp, xp.sum(rows))
-    return rows if rows.dtype == call.out_dtype else xp.astype(rows, call.out_dtype)
-
-
-def mean_divisor(xp: Namespace, counts: Array) -> Array:
-    """The total weight of the rows, or 1 where it is 0 (every row's loss is then 0)."""
-    total = xp.sum(counts)
-    return xp.where(total > 0, total, xp.ones_like(total))
 
 
 def check_grad_output(call: Call, grad_output: Any, shape: tuple[int, ...]) -> None:

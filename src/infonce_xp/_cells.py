@@ -9,35 +9,36 @@ kept cell is a *positive* (the own positive, and with "supcon" or "pairs" a same
 candidate) or a *negative*. With ``P_i`` the positives, ``c_i = |P_i|``, ``lse_i`` the
 log-sum-exp over the kept cells and ``lseN_i`` over the negatives:
 
-- "own" and "supcon": ``l_i = lse_i - mean_P z``, computed as ``log S_i + (m_i - mean_P z)``
-  (``m_i`` the row maximum, ``S_i`` the shifted sum): two terms >= 0, so nothing cancels;
-- "pairs": ``l_i = sum_P softplus(lseN_i - z_ip)``.
+- "own": ``l_i = lse_i - z_ip = softplus(lseN_i - z_ip)`` (one positive): a near-perfect row
+  (``lseN_i`` far below ``z_ip``) keeps its full relative precision, as the seed's math needs;
+- "pairs": ``l_i = sum_P softplus(lseN_i - z_ip)``: "own" is its case of one positive;
+- "supcon": ``l_i = lse_i - mean_P z``, computed as ``log S_i + (m_i - mean_P z)`` (``m_i`` the
+  row maximum, ``S_i`` the shifted sum): two terms >= 0, so nothing cancels.
 
 A row without a positive has loss 0 and no gradient. The gradient of ``l_i`` with respect to
 ``z_ij`` is the *response* ``R_ij``:
 
-- "own", "supcon": ``exp(z_ij - lse_i) - [j in P_i] / c_i`` over the kept cells;
-- "pairs": ``sigma_i exp(z_ij - lseN_i)`` on negatives and ``-sigmoid(lseN_i - z_ij)`` on
-  positives, with ``sigma_i`` the sum of ``sigmoid(lseN_i - z_ip)`` over the positives.
+- "supcon": ``exp(z_ij - lse_i) - [j in P_i] / c_i`` over the kept cells;
+- "own", "pairs": ``sigma_i exp(z_ij - lseN_i)`` on negatives and ``-sigmoid(lseN_i - z_ij)``
+  on positives, with ``sigma_i`` the sum of ``sigmoid(lseN_i - z_ip)`` over the positives.
 
-The dense path keeps ``R`` (one N x M matrix, as the plain path keeps its exps), so its backward
-is two matrix products; the tiled path keeps O(N) statistics and rebuilds each tile of ``R``.
+A new way to score a row is a change to :func:`first_pass`, :func:`finish` and
+:func:`response` (and to ``_shared_only``, the one-pass form of the dense shared block): the
+dense and the tiled executions both run these.
+
+Anchor ``i`` may also have its own positive as a column of its own (``Problem.positive``, row
+``i`` of an (N, D) array). The dense path keeps ``R`` (one N x M matrix per block, as the plain
+path keeps its exps), so its backward is two matrix products per block; the tiled path keeps
+O(N) statistics and rebuilds each tile of ``R``.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _core
 from ._arrays import (
-    Scan,
     device,
-    diagonal,
-    fill_diagonal,
-    fill_where,
-    multiply_into,
-    subtract_exp,
-    subtract_into,
+    row_dot,
 )
 from ._typing import Array, Namespace
 
@@ -54,8 +55,19 @@ class Problem(NamedTuple):
     paired_labels: Any  # (N, Mp); None: no paired candidate carries a label
     own: Any  # anchor i's own positive is shared column own + i; None: not in the shared block
     hide: Any  # anchor i itself is shared column hide + i (same-view); None: not there
-    own_paired: bool  # column 0 of the paired block is the own positive
+    positive: Any  # (N, D): anchor i's own positive is row i, a column of its own; or None
     positives: str  # "own", "supcon" or "pairs"
+
+
+class Saved(NamedTuple):
+    """What the backward of one direction needs: the dense path's responses per block (None
+    where the block is absent), or the tiled path's two row statistics (``shared``, ``paired``
+    then hold them and ``positive`` is None); and each row's positive count."""
+
+    shared: Any
+    paired: Any
+    positive: Any
+    count: Array
 
 
 # Cells ------------------------------------------------------------------------------------
@@ -108,22 +120,23 @@ def shared_cells(
 
 def paired_cells(xp: Namespace, p: Problem, z: Array, y: Any, py: Any) -> tuple[Any, Any]:
     """Masks of the paired logits (n, Mp) of some rows, with their labels (or None)."""
-    own = None
-    if p.own_paired:
-        first = xp.arange(z.shape[1], device=device(z)) == 0
-        own = xp.broadcast_to(first[None, :], z.shape)
     same = None if y is None or py is None else y[:, None] == py
-    return _classify(xp, p.positives, None, own, same)
+    return _classify(xp, p.positives, None, None, same)
+
+
+def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any]:
+    """Masks of the own positives' column (n, 1): each a positive."""
+    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z))
 
 
 # Statistics of a row, accumulated tile by tile ---------------------------------------------
 
 
-def _max(xp: Namespace, z: Array) -> Array:
+def row_max(xp: Namespace, z: Array) -> Array:
     return xp.max(z, axis=-1) if z.shape[-1] else xp.full(z.shape[:-1], -xp.inf, dtype=z.dtype)
 
 
-def _safe(xp: Namespace, top: Array) -> Array:
+def safe_shift(xp: Namespace, top: Array) -> Array:
     """A shift for ``exp``: the row maximum, or 0 where nothing is kept (max -inf)."""
     return xp.where(top == -xp.inf, xp.zeros_like(top), top)
 
@@ -131,8 +144,8 @@ def _safe(xp: Namespace, top: Array) -> Array:
 def _lse_update(xp: Namespace, top: Array, total: Array, z: Array, hidden: Any) -> Any:
     """Online log-sum-exp: the running maximum and shifted sum, updated with the kept cells."""
     kept = z if hidden is None else xp.where(hidden, -xp.inf, z)
-    new = xp.maximum(top, _max(xp, kept))
-    shift = _safe(xp, new)
+    new = xp.maximum(top, row_max(xp, kept))
+    shift = safe_shift(xp, new)
     total = total * xp.exp(top - shift) + xp.sum(xp.exp(kept - shift[:, None]), axis=-1)
     return new, total
 
@@ -154,15 +167,14 @@ def _or(a: Any, b: Any) -> Any:
 
 
 def first_pass(xp: Namespace, p: Problem, stats: tuple[Array, ...], z: Array, masks: Any) -> Any:
-    """Update ``(top, total, positive sum, count)`` with one tile: over the kept cells for "own"
-    and "supcon", over the negatives for "pairs"."""
+    """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
+    kept cells for "supcon", over the negatives for "own" and "pairs"."""
     hidden, positive = masks
     top, total, zsum, count = stats
-    if p.positives == "pairs":
+    zsum = zsum + _masked_sum(xp, positive, z)
+    if p.positives != "supcon":
         hidden = _or(hidden, positive)
     top, total = _lse_update(xp, top, total, z, hidden)
-    if p.positives != "pairs":
-        zsum = zsum + _masked_sum(xp, positive, z)
     return top, total, zsum, count + _count(xp, positive, z)
 
 
@@ -177,7 +189,7 @@ def second_pass(
     if positive is None:
         return stats
     gap = lse_negatives[:, None] - z
-    terms = _masked_sum(xp, positive, xp.logaddexp(xp.zeros_like(gap), gap))
+    terms = _masked_sum(xp, positive, _softplus(xp, gap))
     return stats[0] + terms, stats[1] + _masked_sum(xp, positive, _sigmoid(xp, gap))
 
 
@@ -188,13 +200,22 @@ def _log(xp: Namespace, total: Array) -> Array:
 
 def _lse(xp: Namespace, top: Array, total: Array, empty: float = 0.0) -> Array:
     """``top + log(total)``; ``empty`` where nothing is kept (0: ``exp(-inf - lse)`` is 0)."""
-    return xp.where(total > 0, _safe(xp, top) + _log(xp, total), xp.full_like(total, empty))
+    return xp.where(total > 0, safe_shift(xp, top) + _log(xp, total), xp.full_like(total, empty))
+
+
+def _softplus(xp: Namespace, x: Array) -> Array:
+    return xp.logaddexp(xp.zeros_like(x), x)
 
 
 def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
-    """``own``/``supcon``: the loss rows, the row's pair count and the residual statistics."""
+    """ "own"/"supcon": the loss rows, the row's positive count and the residual statistics."""
     top, total, zsum, count = stats
     has = count > 0
+    if p.positives == "own":  # one positive: zsum is its logit
+        gap = _lse(xp, top, total, -xp.inf) - zsum
+        rows = xp.where(has, _softplus(xp, gap), xp.zeros_like(gap))
+        sigma = xp.where(has, _sigmoid(xp, gap), xp.zeros_like(gap))
+        return rows, count, (gap + zsum, sigma)
     per = zsum / xp.where(has, count, xp.ones_like(count))
     rows = xp.where(has, _log(xp, total) + (top - per), xp.zeros_like(total))
     return rows, count, (_lse(xp, top, total), count)
@@ -203,10 +224,10 @@ def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
 def response(xp: Namespace, p: Problem, residual: tuple[Array, ...], z: Array, masks: Any) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics."""
     hidden, positive = masks
-    if p.positives == "pairs":
+    if p.positives != "supcon":
         lse_negatives, sigmas = residual
         negative = _or(hidden, positive)
-        shifted = z - _safe(xp, lse_negatives)[:, None]
+        shifted = z - safe_shift(xp, lse_negatives)[:, None]
         out = xp.exp(shifted if negative is None else xp.where(negative, -xp.inf, shifted))
         out = out * sigmas[:, None]
         if positive is not None:
@@ -222,102 +243,46 @@ def response(xp: Namespace, p: Problem, residual: tuple[Array, ...], z: Array, m
     return out
 
 
-# Logits -----------------------------------------------------------------------------------
+# Blocks: the three kinds of candidate block ----------------------------------------------
+# "shared" (M, D): every anchor meets every row; "paired" (N, Mp, D): anchor i meets its own
+# Mp rows; "own" (N, D): anchor i meets row i, its own positive, a column of its own.
 
 
-def shared_logits(scaled: Array, keys: Array) -> Array:
-    return scaled @ keys.T
+def logits(xp: Namespace, kind: str, scaled: Array, block: Array) -> Array:
+    """The scaled similarities of the anchors' rows with a block: (n, M), (n, Mp) or (n, 1)."""
+    if kind == "shared":
+        return scaled @ block.T
+    if kind == "paired":
+        return (block @ scaled[:, :, None])[:, :, 0]
+    return row_dot(xp, scaled, block)[:, None]
 
 
-def paired_logits(scaled: Array, paired: Array) -> Array:
-    return (paired @ scaled[:, :, None])[:, :, 0]
+def pull(kind: str, r: Array, block: Array) -> Array:
+    """``sum_j r_ij x_j`` over a block's rows ``x``: the anchors' gradient, up to row weights."""
+    if kind == "shared":
+        return r @ block
+    if kind == "paired":
+        return (r[:, None, :] @ block)[:, 0, :]
+    return r * block
+
+
+def push(kind: str, r: Array, weighted: Array) -> Array:
+    """A block's gradient from the responses and the weighted anchors (one row block's)."""
+    if kind == "shared":
+        return r.T @ weighted
+    if kind == "paired":
+        return r[:, :, None] * weighted[:, None, :]
+    return r * weighted
 
 
 def zeros(xp: Namespace, n: int, like: Array) -> Array:
     return xp.zeros((n,), dtype=like.dtype, device=device(like))
 
 
-# Dense ------------------------------------------------------------------------------------
-
-
-def forward(
-    xp: Namespace, p: Problem, scale: Any, chunk: int | None, scan: Scan
-) -> tuple[Array, Array, tuple[Array, ...]]:
-    """Loss rows (N,), positive counts (N,) and the residuals of one direction, all logits at
-    once (``chunk`` and ``scan`` are for :mod:`._cells_tiled`'s signature)."""
-    n = p.anchor.shape[0]
-    scaled = p.anchor * scale
-    if p.positives != "pairs" and p.paired is None and p.shared.shape[0] > 0:
-        return _shared_only(xp, p, scaled)
-    tiles = []  # (logits, masks) of the shared and the paired block
-    if p.shared is not None:
-        z = shared_logits(scaled, p.shared)
-        tiles.append(
-            (z, shared_cells(xp, p, z, 0, 0, False, p.labels, p.shared_labels, p.labelled))
-        )
-    if p.paired is not None:
-        z = paired_logits(scaled, p.paired)
-        tiles.append((z, paired_cells(xp, p, z, p.labels, p.paired_labels)))
-    empty = zeros(xp, n, scaled)
-    stats: Any = (empty - xp.inf, empty, empty, empty)
-    for z, masks in tiles:
-        stats = first_pass(xp, p, stats, z, masks)
-    rows, count, residual = finish(xp, p, stats, lambda lse, sums: _second(xp, tiles, lse, sums))
-    # Always three residuals (an empty one for an absent block), as the tiled path keeps.
-    responses = [response(xp, p, residual, z, masks) for z, masks in tiles]
-    if p.shared is None:
-        responses.insert(0, count[:0])
-    if p.paired is None:
-        responses.append(count[:0])
-    return rows, count, (*responses, count)
-
-
-def _shared_only(
-    xp: Namespace, p: Problem, scaled: Array
-) -> tuple[Array, Array, tuple[Array, ...]]:
-    """``forward`` for "own" and "supcon" with one shared block: the same rows and responses,
-    in as few passes over the N x M logits as the plain path makes (the own positive and the
-    anchor itself are strided writes, not masks; exps and responses overwrite the logits)."""
-    z = shared_logits(scaled, p.shared)
-    same = None
-    if p.labels is not None and p.shared_labels is not None:
-        same = p.labels[:, None] == p.shared_labels[None, :]
-        if p.labelled is not None:
-            same = same & p.labelled[None, :]
-        for column in (p.own, p.hide):  # the own positive, the anchor: not same-class cells
-            if column is not None:
-                same = fill_diagonal(xp, same, column, False)
-    n = z.shape[0]
-    count = zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
-    own_logit = None if p.own is None else diagonal(xp, z, p.own)  # before z is written over
-    zsum = zeros(xp, n, z) if own_logit is None else own_logit
-    if same is not None and p.positives == "own":
-        z = fill_where(xp, z, same, -xp.inf)
-    elif same is not None:  # as 0/1 logits, later the responses' share: in place
-        same = xp.astype(same, z.dtype)
-        count = count + xp.sum(same, axis=-1)
-        zsum = zsum + (z[:, None, :] @ same[:, :, None])[:, 0, 0]
-    if p.hide is not None:  # after the sums: 0 * -inf is NaN
-        z = fill_diagonal(xp, z, p.hide, -xp.inf)
-    top = _max(xp, z)
-    exps = subtract_exp(xp, z, _safe(xp, top)[:, None])
-    total = xp.sum(exps, axis=-1)
-    rows, count, _ = finish_rows(xp, p, (top, total, zsum, count))
-    has = count > 0
-    share = xp.where(has, 1.0 / xp.where(has, count, xp.ones_like(count)), xp.zeros_like(count))
-    responses = multiply_into(xp, exps, (1.0 / xp.where(total > 0, total, 1.0))[:, None])
-    if same is not None and p.positives == "supcon":
-        responses = subtract_into(xp, responses, multiply_into(xp, same, share[:, None]))
-    if own_logit is not None:  # exp(p - top) / total - 1 / count
-        own = xp.exp(own_logit - _safe(xp, top)) / total - share
-        responses = fill_diagonal(xp, responses, p.own, own)
-    return rows, count, (responses, count[:0], count)
-
-
-def _second(xp: Namespace, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
-    for z, (_, positive) in tiles:
-        sums = second_pass(xp, lse_negatives, sums, z, positive)
-    return sums
+def start(xp: Namespace, n: int, like: Array) -> tuple[Array, ...]:
+    """The statistics of rows that have met no cell yet."""
+    empty = zeros(xp, n, like)
+    return empty - xp.inf, empty, empty, empty
 
 
 def finish(xp: Namespace, p: Problem, stats: Any, second: Any) -> Any:
@@ -331,35 +296,10 @@ def finish(xp: Namespace, p: Problem, stats: Any, second: Any) -> Any:
     return sums[0], count, (lse_negatives, sums[1])
 
 
-def row_weights(xp: Namespace, residuals: Any, grad_rows: Array, scale: Any) -> Array:
+def row_weights(xp: Namespace, count: Array, grad_rows: Array, scale: Any) -> Array:
     """``scale * grad`` per row; 0 for a row without a positive (its loss is 0 whatever its
-    candidates). The count is the last residual."""
-    count = residuals[-1]
+    candidates)."""
     return xp.where(count > 0, grad_rows, xp.zeros_like(grad_rows)) * scale
 
 
-def backward(
-    xp: Namespace,
-    p: Problem,
-    scale: Any,
-    chunk: int | None,
-    scan: Scan,
-    residuals: tuple[Array, ...],
-    grad_rows: Array,
-) -> tuple[Array, Array | None, Array | None, Array | None]:
-    """Gradients of ``sum(grad_rows * rows)`` for the anchors, the shared and the paired block,
-    and the scale (None when a Python number): two products with the kept responses."""
-    weight = row_weights(xp, residuals, grad_rows, scale)
-    pulled = xp.zeros_like(p.anchor)
-    grad_shared = grad_paired = None
-    if p.shared is not None:
-        r = residuals[0]
-        pulled = pulled + r @ p.shared
-        grad_shared = r.T @ (p.anchor * weight[:, None])
-    if p.paired is not None:
-        r = residuals[1]
-        pulled = pulled + (r[:, None, :] @ p.paired)[:, 0, :]
-        grad_paired = (r * weight[:, None])[:, :, None] * p.anchor[:, None, :]
-    grad_anchor = pulled * weight[:, None]
-    grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
-    return grad_anchor, grad_shared, grad_paired, grad_scale
+BLOCKS = ("shared", "paired", "own")

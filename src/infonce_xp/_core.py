@@ -15,11 +15,12 @@ the two matrix products give the whole gradient.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._arrays import (
     clip_min,
     diagonal,
+    diagonal_mask,
     divide_into,
     fill_diagonal,
     fill_where,
@@ -32,6 +33,16 @@ from ._arrays import (
     traits,
 )
 from ._typing import Array, Namespace
+
+
+class Saved(NamedTuple):
+    """What the backward of one direction needs: ``exps`` (N, M) is ``exp(logit - m_i)`` (with
+    ``-r_i`` in the positive's entry in-batch), ``others`` is ``r_i`` and ``partition`` is
+    ``s_i`` (see :func:`row_losses`)."""
+
+    exps: Array
+    others: Array
+    partition: Array
 
 
 def normalise(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
@@ -86,39 +97,53 @@ def row_losses(xp: Namespace, gap: Array, others: Array) -> tuple[Array, Array]:
 
 
 def forward(
-    xp: Namespace, anchor: Array, positive: Array, candidates: Array, scale: Any, offset: Any
-) -> tuple[Array, tuple[Array, ...]]:
+    xp: Namespace,
+    anchor: Array,
+    positive: Array,
+    candidates: Array,
+    scale: Any,
+    offset: Any,
+    fused: bool = False,
+) -> tuple[Array, Saved]:
     """Loss rows of one direction, all logits at once; ``offset`` is None unless in-batch.
 
-    The residuals keep the (N, M) matrix of ``exp(logit - m_i)`` (in-batch, with ``-r_i`` in
-    the positive's entry) so the backward needs no recomputation: two matrix products.
+    The residuals keep the (N, M) matrix of ``exp(logit - m_i)`` so the backward needs no
+    recomputation: two matrix products. In-batch, the positive's entry holds ``-r_i`` (its
+    logit's gradient, up to the row's weight), so those two products carry the positive's
+    gradient too; ``fused`` (a compiler that fuses element-wise work, and turns a strided write
+    into a pass over every entry) leaves it 0 instead, and the backward is then called with
+    ``offset=None``, which adds the positive's gradient from its own (N, D) product.
     """
     scaled = anchor * scale
     logits = candidate_logits(xp, scaled, candidates)
-    if offset is not None and not traits(xp).lazy:
+    if offset is not None and not fused and not traits(xp).lazy:
         # In-batch, the positive's own entry among the candidates is read, then hidden: exp()
         # makes it 0. p_i is one of the row's logits, so p_i - m_i is exactly 0 when it leads.
         positive_logit = diagonal(xp, logits, offset)
         row_max = xp.max(logits, axis=-1)
         logits = fill_diagonal(xp, logits, offset, -xp.inf)
     else:
-        # The same for a fusing compiler (XLA), from the rows themselves: nothing reads the
-        # logits after the exp, so XLA writes the exps (and the backward's weighted matrix)
+        # The same for a fusing compiler, from the rows themselves: nothing reads the logits
+        # after the exp, so the compiler writes the exps (and the backward's weighted matrix)
         # over the logits' buffer, where reading the diagonal keeps a second N x N buffer.
         positive_logit = row_dot(xp, scaled, positive)
-        if offset is not None:
+        if offset is not None and fused:  # one pass that the exp below joins
+            logits = xp.where(diagonal_mask(xp, logits, offset, 0, 0), -xp.inf, logits)
+        elif offset is not None:
             logits = fill_diagonal(xp, logits, offset, -xp.inf)
         row_max = positive_logit
         if logits.shape[-1] > 0:
             row_max = xp.maximum(positive_logit, xp.max(logits, axis=-1))
-    exps = subtract_exp(xp, logits, row_max[:, None])
+    if fused:
+        exps = xp.exp(logits - row_max[:, None])
+    else:
+        exps = subtract_exp(xp, logits, row_max[:, None])
     others = xp.sum(exps, axis=-1)
     gap = positive_logit - row_max
     rows, partition = row_losses(xp, gap, others)
-    if offset is not None:
-        # For the backward: the positive's logit gradient, up to the row's weight, is -r_i.
+    if offset is not None and not fused:
         exps = subtract_diagonal(xp, exps, offset, others)
-    return rows, (exps, others, partition)
+    return rows, Saved(exps, others, partition)
 
 
 def backward(
@@ -127,7 +152,7 @@ def backward(
     positive: Array,
     candidates: Array,
     scale: Any,
-    residuals: tuple[Array, ...],
+    residuals: Saved,
     grad_rows: Array,
     offset: Any = None,
     candidates_grad: bool = True,

@@ -2,50 +2,43 @@
 
 Libraries with autograd (torch, JAX) get their bridge, imported on first use; every other
 namespace (NumPy, CuPy, array-api-strict, ...) gets the analytic default, which runs the
-engine's forward and backward directly. A new bridge is one branch of ``adapter_for``.
+plan's forward and backward directly. A new bridge is one branch of ``adapter_for``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from . import _engine
 from ._arrays import library, native, traits
-from ._call import Call, gathered, mean_divisor, reduce
+from ._call import Call, gathered
+from ._directions import HOME
 from ._options import describe
 from ._typing import Array, Namespace, ScatteringGather
 
 
 class Adapter(Protocol):
-    def loss_rows(self, call: Call) -> tuple[Array, Array | None]:
-        """Per-query losses (N,) of a checked call, in the compute dtype, and each row's weight
-        in a mean (None: 1 each)."""
-        ...
-
     def loss(self, call: Call) -> Array:
         """The reduced loss of a checked call."""
         ...
 
-    def value_and_grad(self, call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
-        """The reduced loss and the gradients of ``sum(grad_output * loss)`` by input name."""
+    def value_and_grad(
+        self, call: Call, grad_output: Array | None
+    ) -> tuple[Array, dict[str, Array]]:
+        """The reduced loss and the gradients of ``sum(grad_output * loss)`` by input name
+        (``grad_output`` None: ones)."""
         ...
 
 
 class Analytic:
-    """The engine's forward and analytic backward, for namespaces without autograd."""
+    """The plan's forward and analytic backward, for namespaces without autograd."""
 
     @staticmethod
-    def loss_rows(call: Call) -> tuple[Array, Array | None]:
+    def loss(call: Call) -> Array:
         arrays, offset = gathered(call)
-        rows, counts, _ = _engine.forward(call.xp, arrays, call.temperature, call.config, offset)
-        return rows, counts
-
-    @classmethod
-    def loss(cls, call: Call) -> Array:
-        return reduce(call, *cls.loss_rows(call))
+        return call.plan.forward(call.xp, arrays, call.temperature, offset)[0]
 
     @staticmethod
-    def value_and_grad(call: Call, grad_output: Array) -> tuple[Array, dict[str, Array]]:
+    def value_and_grad(call: Call, grad_output: Array | None) -> tuple[Array, dict[str, Array]]:
         xp = call.xp
         gather = call.options.gather
         if gather is not None and not isinstance(gather, ScatteringGather):
@@ -55,21 +48,13 @@ class Analytic:
                 f"got {describe(gather)}"
             )
         arrays, offset = gathered(call)
-        rows, counts, residuals = _engine.forward(xp, arrays, call.temperature, call.config, offset)
-        grad_rows = xp.astype(grad_output, rows.dtype)
-        if call.options.reduction == "mean":
-            grad_rows = grad_rows / (rows.shape[0] if counts is None else mean_divisor(xp, counts))
-        grad_rows = grad_rows * xp.ones_like(rows)
-        grads = _engine.backward(xp, residuals, grad_rows, call.temperature, call.config, offset)
-        for name, local in (
-            (_engine.ALL_KEYS, "positive_key"),
-            (_engine.ALL_QUERIES, "query"),
-            (_engine.ALL_NEGATIVES, "negative_keys"),
-        ):
+        loss, residuals = call.plan.forward(xp, arrays, call.temperature, offset)
+        grads = call.plan.backward(xp, residuals, grad_output, call.temperature, offset)
+        for name, local in HOME.items():
             if name in grads:
                 mine = gather.scatter(grads.pop(name))  # type: ignore[union-attr]
                 grads[local] = mine if local not in grads else grads[local] + mine
-        return reduce(call, rows, counts), grads
+        return loss, grads
 
 
 ANALYTIC = Analytic()

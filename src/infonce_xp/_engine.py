@@ -1,131 +1,333 @@
-"""A whole call's loss rows and their gradient: dtypes, normalisation, directions, dense or tiled.
+"""The plan of a call: how its loss and gradient are computed, decided once per call signature.
 
-Backend adapters (torch autograd, JAX custom_vjp) and ``info_nce_value_and_grad`` all run these
-two functions; nothing else holds the math.
+``check_call`` builds a :class:`Plan` from the options and the arrays' static facts (never from
+their values). The plan holds the directions with their candidate blocks, which execution runs
+each (the one-positive dense kernel of :mod:`._core`, or the cells of :mod:`._cells`, dense
+(:mod:`._dense`) or tiled (:mod:`._tiled`)), the reduction and its derivative, and the layout of the residuals. The bridges (torch
+autograd, JAX ``custom_vjp``, the analytic default) call :meth:`Plan.forward` and
+:meth:`Plan.backward` and move arrays; the backward runs what the forward chose.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _cells, _cells_tiled, _core, _stacks, _tiled
-from ._arrays import Scan, as_array, device, python_scan, result_type
+from . import _cells, _core, _dense, _stacks, _tiled
+from ._arrays import Scan, as_array, device, python_scan, traits
+from ._directions import (
+    LABEL_NAMES,
+    QUERY,
+    Config,
+    Direction,
+    directions,
+    problem,
+)
 from ._typing import Array, Namespace
 
-# Names of the arrays a call may hold. The ``all_*`` ones are gathered from every worker; the
-# labels are integer arrays that get no gradient.
-QUERY, KEY, NEGATIVES = "query", "positive_key", "negative_keys"
-ALL_QUERIES, ALL_KEYS, ALL_NEGATIVES = "all_queries", "all_keys", "all_negatives"
-LABELS, NEGATIVE_LABELS = "labels", "negative_labels"
-ALL_LABELS, ALL_NEGATIVE_LABELS = "all_labels", "all_negative_labels"
-LABEL_NAMES = (LABELS, NEGATIVE_LABELS, ALL_LABELS, ALL_NEGATIVE_LABELS)
+
+class Route(NamedTuple):
+    """A direction and the execution that computes it: "plain" (:mod:`._core`: one positive
+    per row, all logits at once; "fused" is its form for a compiler that fuses element-wise
+    work, see ``_core.forward``), "cells" (:mod:`._dense`: the cells of :mod:`._cells`, all
+    at once) or "tiled" (:mod:`._tiled`). ``kept``: which fields of the execution's saved tuple are arrays."""
+
+    direction: Direction
+    kernel: str
+    kept: tuple[bool, ...]
 
 
-class Config(NamedTuple):
-    """The static options of a call (hashable: a ``jax.custom_vjp`` static argument)."""
-
-    mode: str  # the explicit negatives: "unpaired", "paired", or "in-batch" (none)
-    symmetric: bool = False
-    normalize: bool = True
-    chunk_size: int | None = None
-    positives: str = "own"
-    in_batch: bool = True  # the keys are candidates
-    same_view: bool = False  # the other anchors are candidates
-    labelled: bool = False  # labels are given
-    supervised: bool = False  # one set: anchors against each other, no own positive
-
-
-class Direction(NamedTuple):
-    """One anchors-against-candidates problem, by array name. ``shared`` lists the blocks of
-    shared candidates with their role: "own" (anchor i's own positive is its row offset + i),
-    "self" (its row offset + i is anchor i itself, hidden) or "plain"."""
-
-    anchor: str
-    positive: str | None  # an own positive outside the shared blocks
-    shared: tuple[tuple[str, str], ...]
-    paired: str | None = None  # (N, M, D) candidates of each anchor
-
-
-def general(config: Config) -> bool:
-    """Whether cells are classed by rule (:mod:`._cells`), not the plain one-positive path."""
-    return (
-        config.labelled
-        or config.same_view
-        or config.supervised
-        or (config.in_batch and config.mode != "in-batch")
-    )
-
-
-_DIRECTIONS: dict[tuple[Config, bool], tuple[Direction, ...]] = {}  # plain dicts trace cleanly
-
-
-def directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
-    """The query->key (and, symmetric, key->query) problems whose mean is the loss."""
-    found = _DIRECTIONS.get((config, gathered))
-    if found is None:
-        found = _DIRECTIONS[config, gathered] = _directions(config, gathered)
-    return found
-
-
-def _directions(config: Config, gathered: bool) -> tuple[Direction, ...]:
-    keys = ALL_KEYS if gathered else KEY
-    queries = ALL_QUERIES if gathered else QUERY
-    if config.supervised:
-        return (Direction(QUERY, None, ((queries, "self"),)),)
-    shared = []
-    if config.in_batch:
-        shared.append((keys, "own"))
-    if config.same_view:
-        shared.append((queries, "self"))
-    if config.mode == "unpaired":
-        shared.append((ALL_NEGATIVES if gathered else NEGATIVES, "plain"))
-    paired = NEGATIVES if config.mode == "paired" else None
-    out = [Direction(QUERY, None if config.in_batch else KEY, tuple(shared), paired)]
-    if config.symmetric:
-        back = [(queries, "own")] + ([(keys, "self")] if config.same_view else [])
-        out.append(Direction(KEY, None, tuple(back)))
-    return tuple(out)
-
-
-def _labels_of(name: str) -> str:
-    """The labels that go with the candidates ``name``."""
-    if name in (ALL_KEYS, ALL_QUERIES):
-        return ALL_LABELS
-    if name == ALL_NEGATIVES:
-        return ALL_NEGATIVE_LABELS
-    return NEGATIVE_LABELS if name == NEGATIVES else LABELS
-
-
-def tile(config: Config, candidates: Array) -> int | None:
-    """The tile size, or None for all logits at once (no ``chunk_size``, or no candidate)."""
-    return None if candidates.shape[-2] == 0 else config.chunk_size
-
-
-_COMPUTE_DTYPES: dict[Any, Any] = {}
-
-
-def compute_dtype(xp: Namespace, dtype: Any) -> Any:
-    """At least float32: half-precision inputs are upcast for the logits and log-sum-exp."""
-    found = _COMPUTE_DTYPES.get((xp.__name__, dtype))
-    if found is None:
-        wide = dtype if xp.finfo(dtype).bits >= 32 else xp.float32
-        found = _COMPUTE_DTYPES[xp.__name__, dtype] = wide
-    return found
+_PLAIN = ("plain", "fused")
 
 
 class Residuals(NamedTuple):
-    """Arrays only (a pytree for ``jax.custom_vjp``); the rest is re-derived from the call.
+    """What the backward needs (a pytree of arrays for ``jax.custom_vjp``).
 
     ``units`` holds the rows of the floating inputs, normalised and stacked by the groups of
-    :func:`._stacks.groups`, and ``lengths`` the two factors of their lengths (R, 1) per stack;
-    both are None without normalisation.
+    :func:`._stacks.groups`, and ``lengths`` the two factors of their lengths per stack; both
+    None without normalisation. ``saved`` holds each route's saved tuple; ``split`` the units
+    by name (views of the stacks, which a bridge may keep to spare the backward cutting them).
     """
 
     inputs: dict[str, Array]
     units: tuple[Array, ...] | None
     lengths: tuple[Array, ...] | None
-    per_direction: list[tuple[Array, ...]]
-    split: dict[str, Array] | None = None  # the units by name: views a bridge may keep
+    saved: tuple[Any, ...]
+    split: dict[str, Array] | None = None
+
+
+class Plan:
+    """How one call signature is computed; holds no array. Equal configurations and
+    reductions give equal plans (a plan is a static argument of ``jax.custom_vjp``)."""
+
+    __slots__ = ("_key", "config", "dtype", "out_dtype", "reduction", "routes")
+
+    def __init__(
+        self, xp: Namespace, config: Config, empty: bool, reduction: str, out_dtype: Any
+    ) -> None:
+        """``empty``: the explicit negatives have no row (tiles then gain nothing);
+        ``out_dtype``: the floating inputs' promoted dtype, that of the loss."""
+        self.config, self.reduction, self.out_dtype = config, reduction, out_dtype
+        # the compute dtype: at least float32 (half-precision inputs are upcast for the logits
+        # and the log-sum-exp)
+        self.dtype = out_dtype if xp.finfo(out_dtype).bits >= 32 else xp.float32
+        # torch.compile: strided writes become passes over every entry (XLA has none anyway)
+        fused = traits(xp).fusing() and not traits(xp).lazy
+        routes = []
+        for d in directions(config):
+            plain = d.one_positive() is not None and not config.labelled
+            if plain and (config.chunk_size is None or (empty and d.anchor == QUERY)):
+                routes.append(Route(d, "fused" if fused else "plain", (True, True, True)))
+            elif config.chunk_size is None:
+                kept = (bool(d.shared), d.paired is not None, d.positive is not None, True)
+                routes.append(Route(d, "cells", kept))
+            else:
+                routes.append(Route(d, "tiled", (True, True, False, True)))
+        self.routes = tuple(routes)
+        self._key = (config, reduction, str(out_dtype), tuple(r.kernel for r in routes))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        kernels = ", ".join(f"{r.direction.anchor}: {r.kernel}" for r in self.routes)
+        return f"Plan({kernels}; reduction={self.reduction!r})"
+
+    # The rows --------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        xp: Namespace,
+        arrays: dict[str, Array],
+        temperature: Any,
+        offset: Any = 0,
+        scan: Scan | None = None,
+    ) -> tuple[Array, Residuals]:
+        """The reduced loss in the output dtype, and what the backward needs.
+
+        ``arrays`` maps the names of :mod:`._directions` to raw inputs (labels and gathered
+        arrays included); ``offset`` is where this worker's rows start among the gathered
+        ones; ``temperature`` is a Python number or a 0-D array.
+        """
+        units = _floats(xp, arrays, self.dtype)
+        stacks = lengths = None
+        if self.config.normalize:
+            stacks, lengths, units = _stacks.normalise(xp, units)
+        scale = scale_of(xp, temperature, units[QUERY].dtype)
+        loop = scan or python_scan(xp)
+        rows: Any = None
+        saved = []
+        for route in self.routes:
+            part, kept = self._forward(xp, route, units, arrays, scale, offset, loop)
+            rows = part if rows is None else rows + part
+            saved.append(kept)
+        if len(saved) > 1:
+            rows = rows / len(saved)
+        loss = self._reduce(xp, rows, self._counts(xp, saved))
+        split = units if stacks is not None else None
+        return loss, Residuals(dict(arrays), stacks, lengths, tuple(saved), split)
+
+    def _forward(
+        self,
+        xp: Namespace,
+        route: Route,
+        units: dict[str, Array],
+        arrays: dict[str, Array],
+        scale: Any,
+        offset: Any,
+        loop: Scan,
+    ) -> tuple[Array, Any]:
+        d = route.direction
+        if route.kernel in ("plain", "fused"):
+            names, where = _plain(d, offset)
+            a, b, c = (units[name] for name in names)
+            return _core.forward(xp, a, b, c, scale, where, route.kernel == "fused")
+        p = problem(xp, self.config, d, units, arrays, offset)
+        if route.kernel == "cells":
+            return _dense.forward(xp, p, scale)
+        return _tiled.forward(xp, p, scale, self.config.chunk_size or 1, loop)
+
+    def _counts(self, xp: Namespace, saved: list[Any]) -> Array | None:
+        """Each row's weight in a mean, or None for 1 each: its number of positive pairs with
+        ``positives="pairs"``, else whether it has a positive (a plain row has one)."""
+        if all(route.kernel in _PLAIN for route in self.routes):
+            return None
+        counts: Any = None
+        for route, kept in zip(self.routes, saved):
+            if route.kernel in _PLAIN:
+                continue
+            count = kept.count
+            if self.config.positives != "pairs":
+                count = xp.astype(count > 0, count.dtype)
+            counts = count if counts is None else counts + count
+        plain = sum(route.kernel in _PLAIN for route in self.routes)
+        if len(saved) > 1:
+            counts = (counts + plain) / len(saved)
+        return counts  # type: ignore[no-any-return]
+
+    # The reduction ---------------------------------------------------------------------------
+
+    def _reduce(self, xp: Namespace, rows: Array, counts: Array | None) -> Array:
+        """The reduction in the compute dtype, then the output dtype. A mean weighs each row by
+        its count (see ``_counts``); a mean over no weight is 0."""
+        if self.reduction == "mean":
+            if counts is None:
+                rows = as_array(xp, xp.mean(rows))
+            else:
+                rows = as_array(xp, xp.sum(rows) / _divisor(xp, counts))
+        elif self.reduction == "sum":
+            rows = as_array(xp, xp.sum(rows))
+        return rows if rows.dtype == self.out_dtype else xp.astype(rows, self.out_dtype)
+
+    def _grad_rows(
+        self, xp: Namespace, grad: Any, n: int, counts: Array | None, like: Array
+    ) -> Array:
+        """The reduction's derivative: each row's gradient from the loss's (None: ones)."""
+        if grad is None:
+            grad = xp.ones((), dtype=like.dtype, device=device(like))
+        elif grad.dtype != like.dtype:
+            grad = xp.astype(grad, like.dtype)
+        if self.reduction == "mean":
+            grad = grad / (n if counts is None else _divisor(xp, counts))
+        return xp.broadcast_to(grad, (n,))  # a view: "none" gives (n,) already
+
+    # The gradient ----------------------------------------------------------------------------
+
+    def backward(
+        self,
+        xp: Namespace,
+        residuals: Residuals,
+        grad: Any,
+        temperature: Any,
+        offset: Any = 0,
+        scan: Scan | None = None,
+        wanted: Any = None,
+    ) -> dict[str, Array]:
+        """Gradients of ``sum(grad * loss)`` (``grad`` None: ones): one per floating array name,
+        in that array's dtype, and ``"temperature"`` when the temperature is an array.
+        Arguments as given to ``forward``; ``wanted``, if given, names the arrays whose
+        gradient is returned."""
+        units = residuals.split
+        if units is None:
+            units = _floats(xp, residuals.inputs, self.dtype)
+            if residuals.units is not None:
+                units = _stacks.units_of(xp, units, residuals.units)
+        anchor = units[QUERY]
+        scale = scale_of(xp, temperature, anchor.dtype)
+        counts = self._counts(xp, list(residuals.saved))
+        grad_rows = self._grad_rows(xp, grad, anchor.shape[0], counts, anchor)
+        if len(self.routes) > 1:
+            grad_rows = grad_rows / len(self.routes)
+        loop = scan or python_scan(xp)
+        grads: dict[str, Array] = {}
+        grad_scale = None
+        for route, kept in zip(self.routes, residuals.saved):
+            parts, g_scale = self._backward(
+                xp, route, units, residuals.inputs, scale, offset, loop, kept, grad_rows, wanted
+            )
+            for name, g in parts:
+                if g is not None:
+                    grads[name] = g if name not in grads else grads[name] + g
+            if g_scale is not None:
+                grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
+        if wanted is not None:
+            grads = {k: g for k, g in grads.items() if k in wanted}
+        if residuals.units is not None and residuals.lengths is not None and grads:
+            grads = _stacks.backward(xp, residuals.units, residuals.lengths, units, grads)
+        out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
+        if not isinstance(temperature, (int, float)):
+            # d/dt f(1/t) = -f'(s) s^2
+            grad_temperature = as_array(xp, -(grad_scale * scale * scale))
+            out["temperature"] = _narrow(xp, grad_temperature, temperature.dtype)
+        return out
+
+    def _backward(
+        self,
+        xp: Namespace,
+        route: Route,
+        units: dict[str, Array],
+        arrays: dict[str, Array],
+        scale: Any,
+        offset: Any,
+        loop: Scan,
+        kept: Any,
+        grad_rows: Array,
+        wanted: Any,
+    ) -> tuple[list[tuple[str, Any]], Any]:
+        """One route's gradients by array name, and its scale gradient."""
+        d = route.direction
+        if route.kernel in ("plain", "fused"):
+            names, where = _plain(d, offset)
+            where = None if route.kernel == "fused" else where  # see _core.forward
+            wants_c = wanted is None or names[2] in wanted
+            a, b, c = (units[name] for name in names)
+            *parts, g_scale = _core.backward(xp, a, b, c, scale, kept, grad_rows, where, wants_c)
+            return list(zip(names, parts)), g_scale
+        p = problem(xp, self.config, d, units, arrays, offset)
+        if route.kernel == "cells":
+            g_anchor, blocks, g_scale = _dense.backward(xp, p, scale, kept, grad_rows)
+        else:
+            chunk = self.config.chunk_size or 1
+            g_anchor, blocks, g_scale = _tiled.backward(xp, p, scale, chunk, loop, kept, grad_rows)
+        out = [(d.anchor, g_anchor)]
+        g_shared, g_paired, g_positive = blocks
+        start = 0
+        for name, _ in d.shared:
+            rows = units[name].shape[0]
+            out.append(
+                (name, g_shared[start : start + rows, ...] if len(d.shared) > 1 else g_shared)
+            )
+            start += rows
+        if d.paired is not None:
+            out.append((d.paired, g_paired))
+        if d.positive is not None:
+            out.append((d.positive, g_positive))
+        return out, g_scale
+
+    # The residuals' layout, for a bridge that keeps them as a flat list ------------------------
+
+    def save(self, residuals: Residuals, split: bool) -> list[Array]:
+        """The residuals that are not inputs, as a flat list (see :meth:`load`): the stacks of
+        units and their lengths, the units by name if ``split``, each route's kept arrays."""
+        leaves: list[Array] = []
+        if residuals.units is not None and residuals.lengths is not None:
+            leaves += [*residuals.units, *residuals.lengths]
+            if split:
+                leaves += list((residuals.split or {}).values())
+        for route, kept in zip(self.routes, residuals.saved):
+            leaves += [x for x, there in zip(kept, route.kept) if there]
+        return leaves
+
+    def load(self, xp: Namespace, inputs: dict[str, Array], leaves: Any, split: bool) -> Residuals:
+        """The residuals that :meth:`save` flattened, with the inputs they were computed from."""
+        units = lengths = by_name = None
+        it = iter(leaves)
+        if self.config.normalize:
+            floats = _float_names(inputs)
+            n = len(_stacks.groups({k: inputs[k] for k in floats}, traits(xp).fusing()))
+            units = tuple(next(it) for _ in range(n))
+            lengths = tuple(next(it) for _ in range(2 * n))
+            if split:
+                by_name = {name: next(it) for name in floats}
+        saved = []
+        for route in self.routes:
+            kind = _core.Saved if route.kernel in _PLAIN else _cells.Saved
+            saved.append(kind(*(next(it) if there else None for there in route.kept)))
+        return Residuals(inputs, units, lengths, tuple(saved), by_name)
+
+
+def _float_names(arrays: dict[str, Array]) -> list[str]:
+    """The floating arrays' names in the order of the stacked units (sorted: the same after a
+    pytree, as JAX sorts a dict's keys)."""
+    return [k for k in sorted(arrays) if k not in LABEL_NAMES]
+
+
+def _floats(xp: Namespace, arrays: dict[str, Array], dtype: Any) -> dict[str, Array]:
+    """The floating arrays of a call (not the labels), in the compute dtype, by name."""
+    floats = {k: arrays[k] for k in _float_names(arrays)}
+    return {k: x if x.dtype == dtype else xp.astype(x, dtype) for k, x in floats.items()}
 
 
 def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
@@ -135,213 +337,18 @@ def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
     return as_array(xp, 1.0 / xp.astype(temperature, dtype))
 
 
-def forward(
-    xp: Namespace,
-    arrays: dict[str, Array],
-    temperature: Any,
-    config: Config,
-    offset: Any = 0,
-    scan: Scan | None = None,
-) -> tuple[Array, Array | None, Residuals]:
-    """Loss rows (N,) in the compute dtype, each row's weight in a mean (None: 1 each), and what
-    the backward needs.
-
-    ``arrays`` maps the names above to raw inputs (labels included); ``offset`` is where this
-    worker's rows start among the gathered ones; ``temperature`` is a Python number or a 0-D
-    array. A row's weight is its number of positive pairs with ``positives="pairs"``, else
-    whether it has a positive.
-    """
-    units = _floats(xp, arrays)
-    stacks = lengths = None
-    if config.normalize:
-        stacks, lengths, units = _stacks.normalise(xp, units)
-    dtype = next(iter(units.values())).dtype
-    scale = scale_of(xp, temperature, dtype)
-    loop = scan or python_scan(xp)
-    rows: Any = None
-    counts: Any = None
-    per_direction = []
-    for d in directions(config, _gathered(units)):
-        if general(config):
-            p = _problem(xp, config, d, units, arrays, offset)
-            part, count, res = _solver(config).forward(xp, p, scale, config.chunk_size, loop)
-            if config.positives != "pairs":
-                count = xp.astype(count > 0, dtype)
-            counts = count if counts is None else counts + count
-        else:
-            names, where = _plain(d, offset)
-            a, b, c = (units[name] for name in names)
-            chunk = tile(config, c)
-            if chunk is None:
-                part, res = _core.forward(xp, a, b, c, scale, where)
-            else:
-                part, res = _tiled.forward(xp, a, b, c, scale, where, chunk, loop)
-        rows = part if rows is None else rows + part
-        per_direction.append(res)
-    if len(per_direction) > 1:
-        rows = rows / len(per_direction)
-        counts = None if counts is None else counts / len(per_direction)
-    split = units if stacks is not None else None
-    return rows, counts, Residuals(dict(arrays), stacks, lengths, per_direction, split)
-
-
-def _floats(xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
-    """The floating arrays of a call (not the labels), in their compute dtype, by name: the
-    order of the stacked units, the same after a pytree (JAX sorts a dict's keys) or not."""
-    floats = {k: arrays[k] for k in sorted(arrays) if k not in LABEL_NAMES}
-    dtype = compute_dtype(xp, result_type(xp, *floats.values()))
-    return {k: x if x.dtype == dtype else xp.astype(x, dtype) for k, x in floats.items()}
-
-
-def backward(
-    xp: Namespace,
-    residuals: Residuals,
-    grad_rows: Array,
-    temperature: Any,
-    config: Config,
-    offset: Any = 0,
-    scan: Scan | None = None,
-    wanted: Any = None,
-) -> dict[str, Array]:
-    """Gradients of ``sum(grad_rows * rows)``: one per floating array name, in that array's
-    dtype, and ``"temperature"`` when the temperature is an array. Arguments as given to
-    ``forward``; ``wanted``, if given, names the arrays whose gradient is returned."""
-    units = residuals.split
-    if units is None:
-        units = _floats(xp, residuals.inputs)
-        if residuals.units is not None:
-            units = _stacks.units_of(xp, units, residuals.units)
-    dtype = units[QUERY].dtype
-    scale = scale_of(xp, temperature, dtype)
-    grad_rows = grad_rows if grad_rows.dtype == dtype else xp.astype(grad_rows, dtype)
-    if len(residuals.per_direction) > 1:
-        grad_rows = grad_rows / len(residuals.per_direction)
-    loop = scan or python_scan(xp)
-    grads: dict[str, Array] = {}
-
-    def add(name: str | None, g: Array | None) -> None:
-        if name is not None and g is not None:
-            grads[name] = g if name not in grads else grads[name] + g
-
-    grad_scale = None
-    for d, res in zip(directions(config, _gathered(units)), residuals.per_direction):
-        if general(config):
-            p = _problem(xp, config, d, units, residuals.inputs, offset)
-            chunk = config.chunk_size
-            solver = _solver(config)
-            ga, gs, gp, g_scale = solver.backward(xp, p, scale, chunk, loop, res, grad_rows)
-            add(d.anchor, ga)
-            start = 0
-            for name, _ in d.shared:
-                rows = units[name].shape[0]
-                add(name, gs[start : start + rows, ...] if len(d.shared) > 1 else gs)
-                start += rows
-            if d.positive is not None:
-                add(d.positive, gp[:, 0, :])
-                add(d.paired, gp[:, 1:, :])
-            else:
-                add(d.paired, gp)
-        else:
-            names, where = _plain(d, offset)
-            a, b, c = (units[name] for name in names)
-            chunk = tile(config, c)
-            if chunk is None:
-                wants_c = wanted is None or names[2] in wanted
-                parts = _core.backward(xp, a, b, c, scale, res, grad_rows, where, wants_c)
-            else:
-                parts = _tiled.backward(xp, a, b, c, scale, where, chunk, loop, res, grad_rows)
-            for name, g in zip(names, parts[:3]):
-                add(name, g)
-            g_scale = parts[3]
-        if g_scale is not None:
-            grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
-    if wanted is not None:
-        grads = {k: g for k, g in grads.items() if k in wanted}
-    if residuals.units is not None and residuals.lengths is not None and grads:
-        grads = _stacks.backward(xp, residuals.units, residuals.lengths, units, grads)
-    out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
-    if not isinstance(temperature, (int, float)):
-        # d/dt f(1/t) = -f'(s) s^2
-        grad_temperature = as_array(xp, -(grad_scale * scale * scale))
-        out["temperature"] = _narrow(xp, grad_temperature, temperature.dtype)
-    return out
-
-
-def _solver(config: Config) -> Any:
-    """The module that computes a direction of cells classed by rule: dense or tiled."""
-    return _cells if config.chunk_size is None else _cells_tiled
-
-
-def _gathered(units: dict[str, Array]) -> bool:
-    return ALL_KEYS in units or ALL_NEGATIVES in units or ALL_QUERIES in units
-
-
-_LOCAL = {ALL_KEYS: KEY, ALL_QUERIES: QUERY, KEY: KEY, QUERY: QUERY}
-
-
 def _plain(d: Direction, offset: Any) -> tuple[tuple[str, str, str], Any]:
-    """The names of anchor, positive and candidates, and the in-batch offset (None: the
-    positive is separate), of a direction with one positive per row and one candidate block."""
-    if d.positive is not None:
-        return (d.anchor, d.positive, d.paired or d.shared[0][0]), None
-    keys = d.shared[0][0]
-    return (d.anchor, _LOCAL[keys], keys), offset
+    """The names of anchor, positive and candidates of a one-positive direction, and the
+    in-batch offset of the positives among the candidates (None: a separate positive)."""
+    names = d.one_positive()
+    assert names is not None
+    return names, None if d.positive is not None else offset
 
 
-def _problem(
-    xp: Namespace,
-    config: Config,
-    d: Direction,
-    units: dict[str, Array],
-    labels: dict[str, Array],
-    offset: Any,
-) -> _cells.Problem:
-    """The blocks of a direction as one :class:`_cells.Problem`: shared blocks concatenated, a
-    separate own positive as column 0 of the paired block."""
-    y: Any = labels.get(LABELS) if config.labelled else None
-    parts, part_labels, own, hide, start = [], [], None, None, 0
-    for name, role in d.shared:
-        block = units[name]
-        if role == "own":
-            own = offset + start
-        elif role == "self":
-            hide = offset + start
-        parts.append(block)
-        part_labels.append(labels.get(_labels_of(name)))
-        start += block.shape[0]
-    shared = None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-    shared_labels = labelled = None
-    if y is not None and any(lab is not None for lab in part_labels):
-        filled, flags = [], []
-        for block, lab in zip(parts, part_labels):
-            rows, where = block.shape[0], device(block)
-            filled.append(lab if lab is not None else xp.zeros(rows, dtype=y.dtype, device=where))
-            flags.append(xp.full(rows, lab is not None, dtype=xp.bool, device=where))
-        shared_labels = filled[0] if len(filled) == 1 else xp.concat(filled, axis=0)
-        if any(lab is None for lab in part_labels):
-            labelled = xp.concat(flags, axis=0)
-    paired = None if d.paired is None else units[d.paired]
-    paired_labels = None
-    if y is not None and d.paired is not None:
-        paired_labels = labels.get(NEGATIVE_LABELS)
-    if d.positive is not None:  # the own positive becomes column 0 of the paired block
-        own_column = units[d.positive][:, None, :]
-        paired = own_column if paired is None else xp.concat([own_column, paired], axis=1)
-        if paired_labels is not None:
-            paired_labels = xp.concat([y[:, None], paired_labels], axis=1)
-    return _cells.Problem(
-        units[d.anchor],
-        shared,
-        paired,
-        y,
-        shared_labels,
-        labelled,
-        paired_labels,
-        own,
-        hide,
-        d.positive is not None,
-        config.positives,
-    )
+def _divisor(xp: Namespace, counts: Array) -> Array:
+    """The total weight of the rows, or 1 where it is 0 (every row's loss is then 0)."""
+    total = xp.sum(counts)
+    return xp.where(total > 0, total, xp.ones_like(total))
 
 
 def _narrow(xp: Namespace, x: Array, dtype: Any) -> Array:

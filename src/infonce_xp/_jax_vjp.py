@@ -5,42 +5,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
-from . import _engine
 from ._arrays import array_namespace
-from ._call import Call, gathered, reduce
+from ._call import Call, gathered
+from ._directions import LABEL_NAMES
+from ._engine import Plan
+
+
+class _Static(NamedTuple):
+    """The static argument of the ``custom_vjp``: hashable, no array."""
+
+    plan: Plan
+    names: tuple[str, ...]  # of the arrays, in order
+    temperature: Any  # a Python number, or None: the temperature is an array argument
+    scan: Any
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rows(static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], offset: Any) -> Any:
-    return _rows_fwd(static, temperature, arrays, offset)[0]
+def _loss(static: _Static, temperature: Any, arrays: tuple[Any, ...], offset: Any) -> Any:
+    return _loss_fwd(static, temperature, arrays, offset)[0]
 
 
-def _rows_fwd(
-    static: tuple[Any, ...], temperature: Any, arrays: tuple[Any, ...], offset: Any
-) -> Any:
-    config, names, fixed_temperature, scan = static
-    t = fixed_temperature if temperature is None else temperature
+def _loss_fwd(static: _Static, temperature: Any, arrays: tuple[Any, ...], offset: Any) -> Any:
+    t = static.temperature if temperature is None else temperature
     xp = array_namespace(*arrays)
-    rows, counts, residuals = _engine.forward(xp, dict(zip(names, arrays)), t, config, offset, scan)
+    loss, residuals = static.plan.forward(
+        xp, dict(zip(static.names, arrays)), t, offset, static.scan
+    )
     # The units by name are slices of the stacks: XLA would keep them as arrays of their own.
-    return (rows, counts), (residuals._replace(split=None), temperature, offset)
+    return loss, (residuals._replace(split=None), temperature, offset)
 
 
-def _rows_bwd(static: tuple[Any, ...], saved: Any, cotangents: Any) -> Any:
-    config, names, fixed_temperature, scan = static
-    grad_rows = cotangents[0]  # the counts take no gradient
+def _loss_bwd(static: _Static, saved: Any, grad: Any) -> Any:
     residuals, temperature, offset = saved
-    t = fixed_temperature if temperature is None else temperature
-    xp = array_namespace(grad_rows)
-    grads = _engine.backward(xp, residuals, grad_rows, t, config, offset, scan)
-    return grads.get("temperature"), tuple(grads.get(n) for n in names), None
+    t = static.temperature if temperature is None else temperature
+    xp = array_namespace(grad)
+    grads = static.plan.backward(xp, residuals, grad, t, offset, static.scan)
+    return grads.get("temperature"), tuple(grads.get(n) for n in static.names), None
 
 
-_rows.defvjp(_rows_fwd, _rows_bwd)
+_loss.defvjp(_loss_fwd, _loss_bwd)
 
 
 def _varying_axes(x: Any) -> frozenset[Any]:
@@ -66,12 +73,11 @@ class _Scan:
 
 
 class JaxAdapter:
-    """Loss rows and value-and-grad for JAX arrays, through ``jax.custom_vjp``."""
+    """The loss and value-and-grad for JAX arrays, through ``jax.custom_vjp``."""
 
     @staticmethod
-    def loss_rows(call: Call) -> Any:
-        """Per-query losses of a checked call, differentiable by ``jax.grad`` (and jit, vmap),
-        and each row's weight in a mean."""
+    def loss(call: Call) -> Any:
+        """The reduced loss of a checked call, differentiable by ``jax.grad`` (and jit, vmap)."""
         arrays, offset = gathered(call)
         temperature = call.temperature
         fixed = temperature if isinstance(temperature, (int, float)) else None
@@ -82,19 +88,14 @@ class JaxAdapter:
         axes = frozenset().union(*(_varying_axes(x) for x in inputs))
         arrays = {name: _vary(x, axes) for name, x in arrays.items()}
         learnable = None if fixed is not None else _vary(temperature, axes)
-        static = (call.config, tuple(arrays), fixed, _Scan(axes))
-        return _rows(static, learnable, tuple(arrays.values()), offset)
-
-    @classmethod
-    def loss(cls, call: Call) -> Any:
-        """The reduced loss of a checked call."""
-        return reduce(call, *cls.loss_rows(call))
+        static = _Static(call.plan, tuple(arrays), fixed, _Scan(axes))
+        return _loss(static, learnable, tuple(arrays.values()), offset)
 
     @classmethod
     def value_and_grad(cls, call: Call, grad_output: Any) -> tuple[Any, dict[str, Any]]:
-        """``info_nce_value_and_grad`` for JAX arrays: ``jax.vjp`` through ``loss_rows``."""
-        inputs = {k: x for k, x in call.arrays.items() if k not in _engine.LABEL_NAMES}
-        labels = {k: x for k, x in call.arrays.items() if k in _engine.LABEL_NAMES}
+        """``info_nce_value_and_grad`` for JAX arrays: ``jax.vjp`` through ``loss``."""
+        inputs = {k: x for k, x in call.arrays.items() if k not in LABEL_NAMES}
+        labels = {k: x for k, x in call.arrays.items() if k in LABEL_NAMES}
         if not isinstance(call.temperature, (int, float)):
             inputs["temperature"] = call.temperature
 
@@ -104,7 +105,8 @@ class JaxAdapter:
             return cls.loss(call._replace(arrays=arrays, temperature=t))
 
         value, pullback = jax.vjp(loss, inputs)
-        return value, pullback(grad_output)[0]
+        grad = jax.numpy.ones_like(value) if grad_output is None else grad_output
+        return value, pullback(grad)[0]
 
 
 ADAPTER = JaxAdapter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._arrays import device
 from ._call import check_call, check_grad_output
 from ._dispatch import adapter_for, evaluate
 from ._docs import option_attributes, with_options, with_supervised_options
@@ -162,12 +161,9 @@ def info_nce_value_and_grad(
         negative_labels=negative_labels,
         xp=xp,
     )
-    n: int = call.arrays["query"].shape[0]
-    out_shape: tuple[int, ...] = (n,) if opts.reduction == "none" else ()
-    if grad_output is None:
-        grad_output = call.xp.ones(out_shape, dtype=call.out_dtype, device=device(query))
-    else:
-        check_grad_output(call, grad_output, out_shape)
+    if grad_output is not None:
+        n: int = call.arrays["query"].shape[0]
+        check_grad_output(call, grad_output, (n,) if opts.reduction == "none" else ())
     loss, grads = adapter_for(call.xp).value_and_grad(call, grad_output)
     return loss, Gradients(
         grads["query"], grads["positive_key"], grads.get("negative_keys"), grads.get("temperature")

@@ -1,4 +1,6 @@
-"""Which library an array or a namespace belongs to: array-api-compat's answers, kept by type.
+"""Which library an array or a namespace belongs to (array-api-compat's answers, kept by type),
+and what a value is, read from the host where that costs nothing: Python and NumPy numbers,
+0-D arrays of any library, a compiler's traced numbers.
 
 array-api-compat's type tests are ``lru_cache``'d, which ``torch.compile`` warns about at every
 trace (and a process whose first call is compiled would trace them); their answers depend only
@@ -8,6 +10,7 @@ subclasses included) are told by ``isinstance``, which a compiler traces, withou
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -108,3 +111,50 @@ def torch_compiling() -> bool:
     """Whether torch is compiling (tracing) the caller, without importing torch."""
     torch = sys.modules.get("torch")
     return torch is not None and torch.compiler.is_compiling()
+
+
+# Values -----------------------------------------------------------------------------------
+
+
+def is_symbolic_number(x: Any) -> bool:
+    """A number that a compiler traces (``torch.compile(dynamic=True)``'s ``SymFloat``)."""
+    return type(x).__name__ in ("SymFloat", "SymInt")
+
+
+def is_numpy_value(x: Any) -> bool:
+    """A NumPy scalar or array (a number, not an array, to the other libraries)."""
+    numpy = sys.modules.get("numpy")  # not type(x)'s module name, which compilers cannot trace
+    if numpy is None:
+        return False
+    return type(x) is numpy.ndarray or isinstance(x, numpy.generic)  # not a subclass's arrays
+
+
+def number(x: Array, *, sync: bool) -> float | None:
+    """The value of a 0-D array as a Python float, where it can be read; else None.
+
+    Never while traced (``jax.jit``, ``torch.compile``, ``torch.func``); from an accelerator
+    only if ``sync`` (a device synchronisation is acceptable).
+    """
+    if torch_compiling():  # first: a compiler cannot trace the questions below (type names)
+        return None
+    if is_torch_tensor(x):
+        import torch
+
+        if torch._C._are_functorch_transforms_active():
+            return None
+        if x.device.type == "cpu" and x.dtype != torch.bfloat16:
+            # Host memory, read as such: float() dispatches _local_scalar_dense, the op of a
+            # synchronising read, which tools that watch for those (and our tests) would count.
+            with contextlib.suppress(RuntimeError, TypeError):  # a subclass may refuse
+                return float(x.detach().numpy())
+        return float(x.detach()) if sync or x.device.type == "cpu" else None
+    lib = library_name(array_namespace(x))
+    if lib in ("numpy", "array_api_strict"):
+        return float(x)
+    if lib == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+        return float(x) if sync or all(d.platform == "cpu" for d in x.devices()) else None
+    return float(x) if sync else None

@@ -15,8 +15,8 @@ from dataclasses import field
 from typing import Any
 
 from ._arrays import array_namespace, is_array_api_obj
+from ._namespaces import is_numpy_value, is_symbolic_number, number
 from ._typing import Array, Gather, NegativeMode, Positives, Reduction
-from ._values import is_numpy_value, is_symbolic_number, number
 
 REDUCTIONS = ("mean", "sum", "none")
 NEGATIVE_MODES = ("unpaired", "paired")
@@ -36,7 +36,7 @@ def describe(x: Any) -> str:
 
 def check_temperature(t: Any, *, sync: bool) -> None:
     """A temperature must be a finite number > 0, or a 0-D real floating array whose value, where
-    it can be read (:func:`~infonce_xp._values.number`), is one."""
+    it can be read (:func:`~infonce_xp._namespaces.number`), is one."""
     if is_symbolic_number(t):  # traced by a compiler: nothing to read
         return
     value: Any = t

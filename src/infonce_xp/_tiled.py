@@ -1,11 +1,13 @@
-"""One direction's loss rows and gradient streamed over blocks, never holding the N x M logits.
+"""The cells of one direction (:mod:`._cells`) streamed over tiles, never holding the N x M
+logits.
 
-Queries and keys are cut into blocks of ``chunk`` rows, or all of them where there are fewer
-(the last block zero-padded and masked). The forward keeps a running row maximum and sum
-(online log-sum-exp, as in flash attention and Inf-CL); the backward recomputes each tile from
-those O(N) statistics. Loops go through a ``scan(body, carry, xs)`` driver: a Python loop for
-eager backends, ``jax.lax.scan`` under JAX, so the traced program does not grow with the number
-of blocks.
+Anchors and shared candidates are cut into blocks of ``chunk`` rows, or all of them where there
+are fewer (the last block zero-padded and masked); a row block meets its paired candidates and
+its own positives whole, as they are its own. The forward keeps a running row maximum and sum
+(online log-sum-exp, as in flash attention and Inf-CL; a second pass for ``positives="pairs"``);
+the backward rebuilds each tile of responses from those O(N) statistics. Loops go through a
+``scan(body, carry, xs)`` driver: a Python loop for eager backends, ``jax.lax.scan`` under JAX,
+so the traced program does not grow with the number of blocks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,23 @@ import operator
 from typing import Any
 
 from . import _core
-from ._arrays import Scan, add_at, device, diagonal_mask, may_write, row_dot, subtract_exp
+from ._arrays import Scan, add_at, device, may_write
+from ._cells import (
+    Problem,
+    Saved,
+    finish,
+    first_pass,
+    logits,
+    own_cells,
+    paired_cells,
+    pull,
+    push,
+    response,
+    row_weights,
+    second_pass,
+    shared_cells,
+    start,
+)
 from ._typing import Array, Namespace
 
 
@@ -89,167 +107,161 @@ def collect(
     return carry, tuple(totals)
 
 
-def masked_logits(
-    xp: Namespace, scaled: Array, keys: Array, row0: Any, col0: Any, n_keys: int, offset: Any
-) -> Array:
-    """One tile of logits, with padded keys (and in-batch positives) set to -inf."""
-    logits = scaled @ keys.T
-    cols = xp.arange(keys.shape[0], device=device(keys)) + col0
-    hidden = cols[None, :] >= n_keys
-    if offset is not None:
-        hidden = hidden | diagonal_mask(xp, logits, offset, row0, col0)
-    return xp.where(hidden, -xp.inf, logits)
+# The tiled execution ----------------------------------------------------------------------
+
+_ROW_FIELDS = ("labels", "paired", "paired_labels", "positive")
 
 
-def forward(
-    xp: Namespace,
-    anchor: Array,
-    positive: Array,
-    candidates: Array,
-    scale: Any,
-    offset: Any,
-    chunk: int,
-    scan: Scan,
-) -> tuple[Array, tuple[Array, ...]]:
-    """Loss rows of one direction; the residuals are three (N,) vectors."""
-    if candidates.ndim == 3:
-        return _paired_forward(xp, anchor, positive, candidates, scale, chunk, scan)
-    n, n_keys = anchor.shape[0], candidates.shape[0]
-    scaled = anchor * scale
-    positive_logit = row_dot(xp, scaled, positive)
-    key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
+def _row_blocks(
+    xp: Namespace, p: Problem, scaled: Array, chunk: int, *extra: Array
+) -> tuple[Any, ...]:
+    """The per-row inputs of a scan over row blocks (labels, paired block and own positives
+    where present)."""
+    n = scaled.shape[0]
+    xs = [blocks(xp, scaled, chunk), starts(xp, n, chunk, scaled)]
+    for x in [getattr(p, name) for name in _ROW_FIELDS] + list(extra):
+        if x is not None:
+            xs.append(blocks(xp, x, chunk))
+    return tuple(xs)
 
-    def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array, Array]]:
-        scaled_i, positive_i, row0 = x
 
-        def key_block(stats: tuple[Array, Array], y: tuple[Array, ...]) -> Any:
-            row_max, others = stats
-            logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
-            new_max = xp.maximum(row_max, xp.max(logits, axis=-1))
-            others = others * xp.exp(row_max - new_max)
-            others = others + xp.sum(subtract_exp(xp, logits, new_max[:, None]), axis=-1)
-            return (new_max, others), None
+def _unpack(p: Problem, x: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``(scaled, row0, labels, paired, paired labels, positive, *extra)`` of a row block, None
+    where absent."""
+    it = iter(x)
+    scaled_i, row0 = next(it), next(it)
+    present = [next(it) if getattr(p, name) is not None else None for name in _ROW_FIELDS]
+    return (scaled_i, row0, *present, *it)
 
-        stats, _ = scan(key_block, (positive_i, xp.zeros_like(positive_i)), key_blocks)
-        return None, stats
 
-    _, (row_max, others) = scan(
-        row_block,
-        None,
-        (
-            blocks(xp, scaled, chunk),
-            blocks(xp, positive_logit, chunk),
-            starts(xp, n, chunk, scaled),
-        ),
-    )
-    row_max, others = unblock(xp, row_max, n), unblock(xp, others, n)
-    rows, partition = _core.row_losses(xp, positive_logit - row_max, others)
-    return rows, (row_max, others, partition)
+def _key_blocks(xp: Namespace, p: Problem, chunk: int) -> tuple[Any, ...] | None:
+    """The shared candidates in blocks, with their first column and labels; None if none."""
+    keys = p.shared
+    if keys is None or keys.shape[0] == 0:
+        return None
+    xs = [blocks(xp, keys, chunk), starts(xp, keys.shape[0], chunk, keys)]
+    for x in (p.shared_labels, p.labelled):
+        if x is not None:
+            xs.append(blocks(xp, x, chunk))
+    return tuple(xs)
+
+
+def _key_tile(
+    xp: Namespace, p: Problem, scaled_i: Array, row0: Any, y: Any, key: tuple[Any, ...]
+) -> Any:
+    """Logits and masks of one shared tile."""
+    it = iter(key)
+    keys, col0 = next(it), next(it)
+    cy = next(it) if p.shared_labels is not None else None
+    lab = next(it) if p.labelled is not None else None
+    z = logits(xp, "shared", scaled_i, keys)
+    return keys, z, shared_cells(xp, p, z, row0, col0, True, y, cy, lab)
+
+
+def _own_tiles(xp: Namespace, p: Problem, scaled_i: Array, rows: tuple[Any, ...]) -> list[Any]:
+    """``(kind, block, logits, masks)`` of a row block's own blocks: paired and own positive."""
+    _, _, y, paired, py, positive = rows[:6]
+    out = []
+    if paired is not None:
+        z = logits(xp, "paired", scaled_i, paired)
+        out.append(("paired", paired, z, paired_cells(xp, p, z, y, py)))
+    if positive is not None:
+        z = logits(xp, "own", scaled_i, positive)
+        out.append(("own", positive, z, own_cells(xp, z)))
+    return out
+
+
+def forward(xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan) -> tuple[Array, Saved]:
+    """As :func:`._dense.forward`; the residuals are two O(N) statistics and the counts."""
+    n = p.anchor.shape[0]
+    key_blocks = _key_blocks(xp, p, chunk)
+
+    def each_tile(rows: tuple[Any, ...], visit: Any, carry: Any) -> Any:
+        scaled_i, row0, y = rows[:3]
+        if key_blocks is not None:
+
+            def key_block(c: Any, key: tuple[Any, ...]) -> Any:
+                _, z, masks = _key_tile(xp, p, scaled_i, row0, y, key)
+                return visit(c, z, masks), None
+
+            carry, _ = scan(key_block, carry, key_blocks)
+        for _, _, z, masks in _own_tiles(xp, p, scaled_i, rows):
+            carry = visit(carry, z, masks)
+        return carry
+
+    def row_block(_: None, x: tuple[Any, ...]) -> Any:
+        rows = _unpack(p, x)
+
+        def first(c: Any, z: Array, masks: Any) -> Any:
+            return first_pass(xp, p, c, z, masks)
+
+        def second(lse_negatives: Array, sums: Any) -> Any:
+            def visit(c: Any, z: Array, masks: Any) -> Any:
+                return second_pass(xp, lse_negatives, c, z, masks[1])
+
+            return each_tile(rows, visit, sums)
+
+        stats = each_tile(rows, first, start(xp, rows[0].shape[0], rows[0]))
+        out, count, residual = finish(xp, p, stats, second)
+        return None, (out, count, *residual)
+
+    _, out = scan(row_block, None, _row_blocks(xp, p, p.anchor * scale, chunk))
+    rows, count, first_stat, second_stat = (unblock(xp, x, n) for x in out)
+    return rows, Saved(first_stat, second_stat, None, count)
 
 
 def backward(
-    xp: Namespace,
-    anchor: Array,
-    positive: Array,
-    candidates: Array,
-    scale: Any,
-    offset: Any,
-    chunk: int,
-    scan: Scan,
-    residuals: tuple[Array, ...],
-    grad_rows: Array,
-) -> tuple[Array, Array, Array, Array]:
-    """Gradients as ``_core.backward``, recomputing each tile of logits."""
-    if candidates.ndim == 3:
-        return _paired_backward(xp, anchor, positive, candidates, scale, chunk, scan, grad_rows)
-    row_max, others, partition = residuals
-    n, n_keys = anchor.shape[0], candidates.shape[0]
-    scaled = anchor * scale
-    weight = grad_rows / partition * scale
-    key_blocks = (blocks(xp, candidates, chunk), starts(xp, n_keys, chunk, candidates))
-    grad_keys = xp.zeros_like(key_blocks[0])
-    writes = in_place(xp, grad_keys, scaled, weight)
+    xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan, saved: Saved, grad_rows: Array
+) -> tuple[Array, tuple[Any, ...], Array | None]:
+    """As :func:`._dense.backward`, rebuilding each tile of responses from the statistics."""
+    n = p.anchor.shape[0]
+    weight = row_weights(xp, saved.count, grad_rows, scale)
+    scaled = p.anchor * scale
+    key_blocks = _key_blocks(xp, p, chunk)
+    grad_keys = xp.zeros_like(key_blocks[0]) if key_blocks is not None else None
+    writes = grad_keys is not None and in_place(xp, grad_keys, scaled, weight)
 
-    def row_block(grad_keys: Array, x: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
-        scaled_i, anchor_i, max_i, weight_i, row0 = x
+    def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
+        rows = _unpack(p, x)
+        scaled_i, row0, y = rows[:3]
+        anchor_i, weight_i, *residual = rows[6:]
         weighted_i = anchor_i * weight_i[:, None]
+        pulled = xp.zeros_like(anchor_i)
+        if key_blocks is not None:
 
-        def key_block(pulled: Array, y: tuple[Array, ...]) -> Any:
-            logits = masked_logits(xp, scaled_i, y[0], row0, y[1], n_keys, offset)
-            exps = subtract_exp(xp, logits, max_i[:, None])
-            return pulled + exps @ y[0], (exps.T @ weighted_i,)
+            def key_block(pulled: Array, key: tuple[Any, ...]) -> Any:
+                keys, z, masks = _key_tile(xp, p, scaled_i, row0, y, key)
+                r = response(xp, p, tuple(residual), z, masks)
+                return pulled + r @ keys, (r.T @ weighted_i,)
 
-        pulled, (grad_keys,) = collect(
-            xp, scan, key_block, xp.zeros_like(scaled_i), key_blocks, (grad_keys,), writes
+            pulled, (grad_keys,) = collect(
+                xp, scan, key_block, pulled, key_blocks, (grad_keys,), writes
+            )
+        outs = []
+        for kind, block, z, masks in _own_tiles(xp, p, scaled_i, rows):
+            r = response(xp, p, tuple(residual), z, masks)
+            pulled = pulled + pull(kind, r, block)
+            outs.append(push(kind, r, weighted_i))
+        return grad_keys, (pulled * weight_i[:, None], *outs)
+
+    xs = _row_blocks(xp, p, scaled, chunk, p.anchor, weight, saved.shared, saved.paired)
+    into: tuple[Array, ...] | None = None
+    if writes:  # the row blocks' gradients written into their place as they come
+        into = tuple(
+            xp.zeros_like(blocks(xp, x, chunk))
+            for x in (p.anchor, p.paired, p.positive)
+            if x is not None
         )
-        return grad_keys, (pulled,)
-
-    row_blocks = (
-        blocks(xp, scaled, chunk),
-        blocks(xp, anchor, chunk),
-        blocks(xp, row_max, chunk),
-        blocks(xp, weight, chunk),
-        starts(xp, n, chunk, scaled),
-    )
-    into = (xp.zeros_like(row_blocks[0]),) if writes else None
-    grad_keys, (pulled,) = collect(xp, scan, row_block, grad_keys, row_blocks, into, writes)
-    return _core.finish(
-        xp,
-        anchor,
-        positive,
-        scale,
-        weight,
-        others,
-        unblock(xp, pulled, n),
-        unblock(xp, grad_keys, n_keys),
-    )
-
-
-# Paired negatives belong to their query: rows are independent, so blocks of queries (with their
-# own M negatives) go through the all-at-once path; a block's logits are chunk x M, never more
-# than its share of the negatives themselves.
-
-
-def _paired_forward(
-    xp: Namespace,
-    anchor: Array,
-    positive: Array,
-    negatives: Array,
-    scale: Any,
-    chunk: int,
-    scan: Scan,
-) -> tuple[Array, tuple[Array, ...]]:
-    def row_block(carry: None, x: tuple[Array, ...]) -> tuple[None, tuple[Array]]:
-        a, b, c = x
-        rows, _ = _core.forward(xp, a, b, c, scale, None)
-        return None, (rows,)
-
-    n = anchor.shape[0]
-    _, (rows,) = scan(
-        row_block, None, tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives))
-    )
-    return unblock(xp, rows, n), ()
-
-
-def _paired_backward(
-    xp: Namespace,
-    anchor: Array,
-    positive: Array,
-    negatives: Array,
-    scale: Any,
-    chunk: int,
-    scan: Scan,
-    grad_rows: Array,
-) -> tuple[Array, Array, Array, Array]:
-    def row_block(grad_scale: Array, x: tuple[Array, ...]) -> Any:
-        a, b, c, g = x
-        _, residuals = _core.forward(xp, a, b, c, scale, None)
-        da, db, dc, ds = _core.backward(xp, a, b, c, scale, residuals, g)
-        return grad_scale if ds is None else grad_scale + ds, (da, db, dc)
-
-    n = anchor.shape[0]
-    xs = tuple(blocks(xp, t, chunk) for t in (anchor, positive, negatives, grad_rows))
-    zero = xp.zeros((), dtype=anchor.dtype, device=device(anchor))
-    grad_scale, grads = scan(row_block, zero, xs)
-    da, db, dc = (unblock(xp, g, n) for g in grads)
-    return da, db, dc, None if isinstance(scale, float) else grad_scale
+    grad_keys, outs = collect(xp, scan, row_block, grad_keys, xs, into, writes)
+    grad_anchor, *rest = (unblock(xp, g, n) for g in outs)
+    grad_shared = None
+    if p.shared is not None:
+        grad_shared = (
+            xp.zeros_like(p.shared)
+            if grad_keys is None
+            else unblock(xp, grad_keys, p.shared.shape[0])
+        )
+    grad_paired = rest.pop(0) if p.paired is not None else None
+    grad_positive = rest.pop(0) if p.positive is not None else None
+    grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
+    return grad_anchor, (grad_shared, grad_paired, grad_positive), grad_scale
