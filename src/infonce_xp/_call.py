@@ -46,12 +46,12 @@ _CHECKED: dict[Any, Call] = {}
 
 def check_call(
     options: Options,
-    *,
     query: Any,
     positive_key: Any = None,
     negative_keys: Any = None,
     labels: Any = None,
     negative_labels: Any = None,
+    *,
     temperature: Any = None,
     xp: Namespace | None = None,
     supervised: bool = False,

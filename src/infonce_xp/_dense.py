@@ -5,29 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _core
+from . import _cells, _core
 from ._arrays import diagonal, fill_diagonal, fill_where, multiply_into, subtract_exp, subtract_into
-from ._cells import (
-    BLOCKS,
-    Problem,
-    Saved,
-    finish,
-    finish_rows,
-    first_pass,
-    logits,
-    own_cells,
-    paired_cells,
-    pull,
-    push,
-    response,
-    row_max,
-    row_weights,
-    safe_shift,
-    second_pass,
-    shared_cells,
-    start,
-    zeros,
-)
+from ._cells import Problem, Saved
 from ._typing import Array, Namespace
 
 
@@ -38,20 +18,22 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         return _shared_only(xp, p, scaled)
     tiles = []  # (kind, logits, masks) of each block
     if p.shared is not None:
-        z = logits(xp, "shared", scaled, p.shared)
-        cells = shared_cells(xp, p, z, 0, 0, False, p.labels, p.shared_labels, p.labelled)
+        z = _cells.logits(xp, "shared", scaled, p.shared)
+        cells = _cells.shared_cells(xp, p, z, 0, 0, False, p.labels, p.shared_labels, p.labelled)
         tiles.append(("shared", z, cells))
     if p.paired is not None:
-        z = logits(xp, "paired", scaled, p.paired)
-        tiles.append(("paired", z, paired_cells(xp, p, z, p.labels, p.paired_labels)))
+        z = _cells.logits(xp, "paired", scaled, p.paired)
+        tiles.append(("paired", z, _cells.paired_cells(xp, p, z, p.labels, p.paired_labels)))
     if p.positive is not None:
-        z = logits(xp, "own", scaled, p.positive)
-        tiles.append(("own", z, own_cells(xp, z)))
-    stats = start(xp, scaled.shape[0], scaled)
+        z = _cells.logits(xp, "own", scaled, p.positive)
+        tiles.append(("own", z, _cells.own_cells(xp, z)))
+    stats = _cells.start(xp, scaled.shape[0], scaled)
     for _, z, masks in tiles:
-        stats = first_pass(xp, p, stats, z, masks)
-    rows, count, residual = finish(xp, p, stats, lambda lse, sums: _second(xp, tiles, lse, sums))
-    r = {kind: response(xp, p, residual, z, masks) for kind, z, masks in tiles}
+        stats = _cells.first_pass(xp, p, stats, z, masks)
+    rows, count, residual = _cells.finish(
+        xp, p, stats, lambda lse, sums: _second(xp, tiles, lse, sums)
+    )
+    r = {kind: _cells.response(xp, p, residual, z, masks) for kind, z, masks in tiles}
     return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count)
 
 
@@ -81,12 +63,12 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     block: the same rows and responses, in as few passes over the N x M logits as the plain
     path makes (the own positive and the anchor itself are strided writes, not masks; exps and
     responses overwrite the logits)."""
-    z = logits(xp, "shared", scaled, p.shared)
+    z = _cells.logits(xp, "shared", scaled, p.shared)
     same = _same_class(xp, p)
     n = z.shape[0]
-    count = zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
+    count = _cells.zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
     own_logit = None if p.own is None else diagonal(xp, z, p.own)  # before z is written over
-    zsum = zeros(xp, n, z) if own_logit is None else own_logit
+    zsum = _cells.zeros(xp, n, z) if own_logit is None else own_logit
     if same is not None and p.positives == "own":
         z = fill_where(xp, z, same, -xp.inf)
     elif same is not None:  # as 0/1 logits, later the responses' share: in place
@@ -96,29 +78,29 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     for column in (p.hide, p.own if p.positives == "own" else None):
         if column is not None:  # after the sums: 0 * -inf is NaN
             z = fill_diagonal(xp, z, column, -xp.inf)
-    top = row_max(xp, z)
-    exps = subtract_exp(xp, z, safe_shift(xp, top)[:, None])
+    top = _cells.row_max(xp, z)
+    exps = subtract_exp(xp, z, _cells.safe_shift(xp, top)[:, None])
     total = xp.sum(exps, axis=-1)
     scale_rows = 1.0 / xp.where(total > 0, total, 1.0)
     if p.positives == "own":  # the negatives' sum: R is sigma exp(z - lseN), -sigma at the own
-        rows, _, (_, sigma) = finish_rows(xp, p, (top, total, zsum, count))
+        rows, _, (_, sigma) = _cells.finish_rows(xp, p, (top, total, zsum, count))
         responses = multiply_into(xp, exps, (sigma * scale_rows)[:, None])
         return rows, Saved(fill_diagonal(xp, responses, p.own, -sigma), None, None, count)
-    rows, count, _ = finish_rows(xp, p, (top, total, zsum, count))
+    rows, count, _ = _cells.finish_rows(xp, p, (top, total, zsum, count))
     has = count > 0
     share = xp.where(has, 1.0 / xp.where(has, count, xp.ones_like(count)), xp.zeros_like(count))
     responses = multiply_into(xp, exps, scale_rows[:, None])
     if same is not None:
         responses = subtract_into(xp, responses, multiply_into(xp, same, share[:, None]))
     if own_logit is not None:  # exp(p - top) / total - 1 / count
-        own = xp.exp(own_logit - safe_shift(xp, top)) * scale_rows - share
+        own = xp.exp(own_logit - _cells.safe_shift(xp, top)) * scale_rows - share
         responses = fill_diagonal(xp, responses, p.own, own)
     return rows, Saved(responses, None, None, count)
 
 
 def _second(xp: Namespace, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
     for _, z, (_, positive) in tiles:
-        sums = second_pass(xp, lse_negatives, sums, z, positive)
+        sums = _cells.second_pass(xp, lse_negatives, sums, z, positive)
     return sums
 
 
@@ -127,13 +109,13 @@ def backward(
 ) -> tuple[Array, tuple[Any, ...], Array | None]:
     """Gradients of ``sum(grad_rows * rows)`` for the anchors, the blocks (shared, paired, own;
     None where absent) and the scale (None when a Python number): two products per block."""
-    weight = row_weights(xp, saved.count, grad_rows, scale)
+    weight = _cells.row_weights(xp, saved.count, grad_rows, scale)
     weighted = p.anchor * weight[:, None]
     pulled = xp.zeros_like(p.anchor)
     grads: list[Any] = []
-    for kind, block, r in zip(BLOCKS, (p.shared, p.paired, p.positive), saved[:3]):
+    for kind, block, r in zip(_cells.BLOCKS, (p.shared, p.paired, p.positive), saved[:3]):
         if block is not None:
-            pulled = pulled + pull(kind, r, block)
-        grads.append(None if block is None else push(kind, r, weighted))
+            pulled = pulled + _cells.pull(kind, r, block)
+        grads.append(None if block is None else _cells.push(kind, r, weighted))
     grad_anchor = pulled * weight[:, None]
     return grad_anchor, tuple(grads), _core.scale_gradient(xp, p.anchor, grad_anchor, scale)

@@ -39,6 +39,17 @@ class Route(NamedTuple):
 _PLAIN = ("plain", "fused")
 
 
+class _Step(NamedTuple):
+    """What every route of one forward or backward reads."""
+
+    xp: Namespace
+    units: dict[str, Array]  # the floating arrays as the kernels see them (unit rows)
+    arrays: dict[str, Array]  # the raw arrays, labels included
+    scale: Any
+    offset: Any
+    loop: Scan
+
+
 class Residuals(NamedTuple):
     """What the backward needs (a pytree of arrays for ``jax.custom_vjp``).
 
@@ -116,11 +127,11 @@ class Plan:
         if self.config.normalize:
             stacks, lengths, units = _stacks.normalise(xp, units)
         scale = scale_of(xp, temperature, units[QUERY].dtype)
-        loop = scan or python_scan(xp)
+        step = _Step(xp, units, arrays, scale, offset, scan or python_scan(xp))
         rows: Any = None
         saved = []
         for route in self.routes:
-            part, kept = self._forward(xp, route, units, arrays, scale, offset, loop)
+            part, kept = self._forward(step, route)
             rows = part if rows is None else rows + part
             saved.append(kept)
         if len(saved) > 1:
@@ -129,25 +140,16 @@ class Plan:
         split = units if stacks is not None else None
         return loss, Residuals(dict(arrays), stacks, lengths, tuple(saved), split)
 
-    def _forward(
-        self,
-        xp: Namespace,
-        route: Route,
-        units: dict[str, Array],
-        arrays: dict[str, Array],
-        scale: Any,
-        offset: Any,
-        loop: Scan,
-    ) -> tuple[Array, Any]:
-        d = route.direction
-        if route.kernel in ("plain", "fused"):
-            names, where = _plain(d, offset)
-            a, b, c = (units[name] for name in names)
+    def _forward(self, step: _Step, route: Route) -> tuple[Array, Any]:
+        """One route's loss rows and its saved tuple."""
+        xp, scale = step.xp, step.scale
+        if route.kernel in _PLAIN:
+            (a, b, c), where = self._plain(step, route)
             return _core.forward(xp, a, b, c, scale, where, route.kernel == "fused")
-        p = problem(xp, self.config, d, units, arrays, offset)
+        p = problem(xp, self.config, route.direction, step.units, step.arrays, step.offset)
         if route.kernel == "cells":
             return _dense.forward(xp, p, scale)
-        return _tiled.forward(xp, p, scale, self.config.chunk_size or 1, loop)
+        return _tiled.forward(xp, p, scale, self.config.chunk_size or 1, step.loop)
 
     def _counts(self, xp: Namespace, saved: list[Any]) -> Array | None:
         """Each row's weight in a mean, or None for 1 each: its number of positive pairs with
@@ -220,13 +222,11 @@ class Plan:
         grad_rows = self._grad_rows(xp, grad, anchor.shape[0], counts, anchor)
         if len(self.routes) > 1:
             grad_rows = grad_rows / len(self.routes)
-        loop = scan or python_scan(xp)
+        step = _Step(xp, units, residuals.inputs, scale, offset, scan or python_scan(xp))
         grads: dict[str, Array] = {}
         grad_scale = None
         for route, kept in zip(self.routes, residuals.saved):
-            parts, g_scale = self._backward(
-                xp, route, units, residuals.inputs, scale, offset, loop, kept, grad_rows, wanted
-            )
+            parts, g_scale = self._backward(step, route, kept, grad_rows, wanted)
             for name, g in parts:
                 if g is not None:
                     grads[name] = g if name not in grads else grads[name] + g
@@ -244,38 +244,31 @@ class Plan:
         return out
 
     def _backward(
-        self,
-        xp: Namespace,
-        route: Route,
-        units: dict[str, Array],
-        arrays: dict[str, Array],
-        scale: Any,
-        offset: Any,
-        loop: Scan,
-        kept: Any,
-        grad_rows: Array,
-        wanted: Any,
+        self, step: _Step, route: Route, kept: Any, grad_rows: Array, wanted: Any
     ) -> tuple[list[tuple[str, Any]], Any]:
         """One route's gradients by array name, and its scale gradient."""
-        d = route.direction
-        if route.kernel in ("plain", "fused"):
-            names, where = _plain(d, offset)
+        xp, scale, d = step.xp, step.scale, route.direction
+        if route.kernel in _PLAIN:
+            (a, b, c), where = self._plain(step, route)
             where = None if route.kernel == "fused" else where  # see _core.forward
+            names = d.one_positive()
+            assert names is not None  # a plain route's direction has one positive
             wants_c = wanted is None or names[2] in wanted
-            a, b, c = (units[name] for name in names)
             *parts, g_scale = _core.backward(xp, a, b, c, scale, kept, grad_rows, where, wants_c)
             return list(zip(names, parts)), g_scale
-        p = problem(xp, self.config, d, units, arrays, offset)
+        p = problem(xp, self.config, d, step.units, step.arrays, step.offset)
         if route.kernel == "cells":
             g_anchor, blocks, g_scale = _dense.backward(xp, p, scale, kept, grad_rows)
         else:
             chunk = self.config.chunk_size or 1
-            g_anchor, blocks, g_scale = _tiled.backward(xp, p, scale, chunk, loop, kept, grad_rows)
+            g_anchor, blocks, g_scale = _tiled.backward(
+                xp, p, scale, chunk, step.loop, kept, grad_rows
+            )
         out = [(d.anchor, g_anchor)]
         g_shared, g_paired, g_positive = blocks
         start = 0
         for name, _ in d.shared:
-            rows = units[name].shape[0]
+            rows = step.units[name].shape[0]
             out.append(
                 (name, g_shared[start : start + rows, ...] if len(d.shared) > 1 else g_shared)
             )
@@ -285,6 +278,15 @@ class Plan:
         if d.positive is not None:
             out.append((d.positive, g_positive))
         return out, g_scale
+
+    @staticmethod
+    def _plain(step: _Step, route: Route) -> tuple[tuple[Array, ...], Any]:
+        """Anchor, positive and candidates of a one-positive route, and the in-batch offset of
+        the positives among the candidates (None: a separate positive)."""
+        d = route.direction
+        names = d.one_positive() or ()
+        arrays = tuple(step.units[name] for name in names)
+        return arrays, None if d.positive is not None else step.offset
 
     # The residuals' layout, for a bridge that keeps them as a flat list ------------------------
 
@@ -335,14 +337,6 @@ def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
     if isinstance(temperature, (int, float)):
         return 1.0 / temperature
     return as_array(xp, 1.0 / xp.astype(temperature, dtype))
-
-
-def _plain(d: Direction, offset: Any) -> tuple[tuple[str, str, str], Any]:
-    """The names of anchor, positive and candidates of a one-positive direction, and the
-    in-batch offset of the positives among the candidates (None: a separate positive)."""
-    names = d.one_positive()
-    assert names is not None
-    return names, None if d.positive is not None else offset
 
 
 def _divisor(xp: Namespace, counts: Array) -> Array:

@@ -89,15 +89,7 @@ def info_nce(
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     return evaluate(
-        check_call(
-            opts,
-            query=query,
-            positive_key=positive_key,
-            negative_keys=negative_keys,
-            labels=labels,
-            negative_labels=negative_labels,
-            xp=xp,
-        )
+        check_call(opts, query, positive_key, negative_keys, labels, negative_labels, xp=xp)
     )
 
 
@@ -152,15 +144,7 @@ def info_nce_value_and_grad(
     ((8, 16), True)
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
-    call = check_call(
-        opts,
-        query=query,
-        positive_key=positive_key,
-        negative_keys=negative_keys,
-        labels=labels,
-        negative_labels=negative_labels,
-        xp=xp,
-    )
+    call = check_call(opts, query, positive_key, negative_keys, labels, negative_labels, xp=xp)
     if grad_output is not None:
         n: int = call.arrays["query"].shape[0]
         check_grad_output(call, grad_output, (n,) if opts.reduction == "none" else ())
@@ -216,16 +200,8 @@ class InfoNCE:
         labels: Array | None = None,
         negative_labels: Array | None = None,
     ) -> Array:
-        return evaluate(
-            check_call(
-                self.options,
-                query=query,
-                positive_key=positive_key,
-                negative_keys=negative_keys,
-                labels=labels,
-                negative_labels=negative_labels,
-            )
-        )
+        arrays = (query, positive_key, negative_keys, labels, negative_labels)
+        return evaluate(check_call(self.options, *arrays))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"

@@ -157,15 +157,8 @@ class InfoNCE(_Loss):
         labels: torch.Tensor | None = None,
         negative_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        call = check_call(
-            self.options,
-            query=query,
-            positive_key=positive_key,
-            negative_keys=negative_keys,
-            labels=labels,
-            negative_labels=negative_labels,
-            temperature=self._learned(),
-        )
+        arrays = (query, positive_key, negative_keys, labels, negative_labels)
+        call = check_call(self.options, *arrays, temperature=self._learned())
         loss: torch.Tensor = evaluate(call)
         return loss
 
