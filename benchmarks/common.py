@@ -35,7 +35,7 @@ FULL: dict[str, Any] = {
     # The per-call sweep (plotted) and the cases its goals name, timed alike.
     "percall_dim": 128,
     "percall_ns": [8, 32, 128, 512, 2048, 8192],
-    "percall_goal_sizes": [(8, 16), (256, 128), (1024, 512)],
+    "percall_goal_sizes": [(8, 16), (32, 128), (256, 128), (1024, 512), (4096, 256), (8192, 128)],
     "percall_budget_s": 10.0,
     "percall_small_ns": [8, 32, 256],  # JAX eager and NumPy against hand-written versions
     "percall_small_budget_s": 5.0,

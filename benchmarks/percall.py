@@ -74,6 +74,9 @@ def torch_part(section: Section, config: dict[str, Any], dim: int) -> None:
             section.measure(name, "floor / seed", t["floor"] / seed)
             if "same math by hand" in t:
                 section.measure(name, "by hand / seed", t["same math by hand"] / seed)
+        if t.get("infonce_xp compiled") and t.get("seed compiled"):
+            compiled = t["infonce_xp compiled"] / t["seed compiled"]
+            section.measure(name, "compiled xp / compiled seed", compiled)
         cells = [timed(row["times"][k]) if k in t else "failed" for k in TORCH_IMPLS]
         ratios = [ratio(t.get(k), seed) for k in TORCH_IMPLS if k != "seed"]
         layer = ratio(t.get("infonce_xp"), t.get("same math by hand"))

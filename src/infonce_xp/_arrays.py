@@ -8,6 +8,7 @@ runs on.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -88,6 +89,9 @@ class Traits:
     masked_fill
         Arrays have ``masked_fill_(mask, value)`` (torch), where boolean item assignment would
         synchronise on the mask's count.
+    overwrite
+        Whether one of our own temporaries may be written over now: the arrays are writeable,
+        and (torch) it is on no autograd tape and no ``torch.func`` transform watches.
     """
 
     writeable: bool
@@ -100,6 +104,7 @@ class Traits:
     watched: Callable[[], bool]
     fill: str = ""
     masked_fill: bool = False
+    overwrite: Callable[[Any], bool] = lambda x: False
 
 
 _TRAITS: dict[str, Traits] = {}  # by namespace name: a plain dict traces cleanly under compile
@@ -134,16 +139,30 @@ def traits(xp: Namespace) -> Traits:
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
             fill=next((m for m in ("fill_", "fill") if writeable and hasattr(probe, m)), ""),
             masked_fill=writeable and hasattr(probe, "masked_fill_"),
+            overwrite=(
+                _torch_overwrite if library(xp) == "torch" else _always_1 if writeable else _never_1
+            ),
         )
         _TRAITS[xp.__name__] = found
     return found
 
 
 def _may_overwrite(xp: Namespace, x: Array) -> bool:
+    return traits(xp).overwrite(x)
+
+
+def _torch_overwrite(x: Any) -> bool:
     # A tensor on an autograd tape may be saved by the op that made it, and torch.func's
     # transforms (vmap, grad, jacrev) cannot always write in place: never write over those.
-    found = traits(xp)
-    return found.writeable and not getattr(x, "requires_grad", False) and not found.watched()
+    return not x.requires_grad and not _torch_transforms_active()
+
+
+def _always_1(x: Any) -> bool:
+    return True
+
+
+def _never_1(x: Any) -> bool:
+    return False
 
 
 def _never() -> bool:
@@ -170,8 +189,7 @@ def _not_compiling() -> bool:
 
 
 def _torch_transforms_active() -> bool:
-    import torch
-
+    torch = sys.modules["torch"]
     # The C check first: it is the common answer, and the cheaper one.
     if not torch._C._are_functorch_transforms_active():
         return False

@@ -36,10 +36,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._arrays import (
-    device,
-    row_dot,
-)
+from ._arrays import device, fill_where, multiply_into, row_dot, subtract_exp, subtract_into
 from ._typing import Array, Namespace
 
 
@@ -55,6 +52,8 @@ class Problem(NamedTuple):
     paired_labels: Any  # (N, Mp); None: no paired candidate carries a label
     own: Any  # anchor i's own positive is shared column own + i; None: not in the shared block
     hide: Any  # anchor i itself is shared column hide + i (same-view); None: not there
+    twin: Any  # anchor i's own positive, counted as ``positive``, is also shared column twin + i,
+    # hidden there (the tiled execution: a tile's positives are then no mask); None: not there
     positive: Any  # (N, D): anchor i's own positive is row i, a column of its own; or None
     positives: str  # "own", "supcon" or "pairs"
 
@@ -106,9 +105,10 @@ def shared_cells(
     rows = xp.arange(z.shape[0], device=device(z))[:, None] + row0
     cols = xp.arange(z.shape[1], device=device(z))[None, :] + col0
     hidden = cols >= p.shared.shape[0] if padded else None
-    if p.hide is not None:
-        mine = cols == rows + p.hide
-        hidden = mine if hidden is None else hidden | mine
+    for column in (p.hide, p.twin):
+        if column is not None:
+            mine = cols == rows + column
+            hidden = mine if hidden is None else hidden | mine
     own = None if p.own is None else cols == rows + p.own
     same = None
     if y is not None and cy is not None:
@@ -141,12 +141,27 @@ def safe_shift(xp: Namespace, top: Array) -> Array:
     return xp.where(top == -xp.inf, xp.zeros_like(top), top)
 
 
-def _lse_update(xp: Namespace, top: Array, total: Array, z: Array, hidden: Any) -> Any:
+def _hide(xp: Namespace, z: Array, hidden: Any, mine: bool) -> Array:
+    """``z`` with the hidden cells -inf: written over ``z`` where the library can if ``mine``
+    (a tile used once, as the tiled execution's are), else a new array."""
+    if hidden is None:
+        return z
+    if mine:
+        return fill_where(xp, z, xp.broadcast_to(hidden, z.shape), -xp.inf)
+    return xp.where(hidden, -xp.inf, z)
+
+
+def _exp(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
+    """``exp(z - shift)``, over ``z`` if ``mine`` (see :func:`_hide`)."""
+    return subtract_exp(xp, z, shift) if mine else xp.exp(z - shift)
+
+
+def _lse_update(xp: Namespace, top: Array, total: Array, z: Array, hidden: Any, mine: bool) -> Any:
     """Online log-sum-exp: the running maximum and shifted sum, updated with the kept cells."""
-    kept = z if hidden is None else xp.where(hidden, -xp.inf, z)
+    kept = _hide(xp, z, hidden, mine)
     new = xp.maximum(top, row_max(xp, kept))
     shift = safe_shift(xp, new)
-    total = total * xp.exp(top - shift) + xp.sum(xp.exp(kept - shift[:, None]), axis=-1)
+    total = total * xp.exp(top - shift) + xp.sum(_exp(xp, kept, shift[:, None], mine), axis=-1)
     return new, total
 
 
@@ -166,16 +181,21 @@ def _or(a: Any, b: Any) -> Any:
     return a if b is None else b if a is None else a | b
 
 
-def first_pass(xp: Namespace, p: Problem, stats: tuple[Array, ...], z: Array, masks: Any) -> Any:
+def first_pass(
+    xp: Namespace, p: Problem, stats: tuple[Array, ...], z: Array, masks: Any, mine: bool = False
+) -> Any:
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
-    kept cells for "supcon", over the negatives for "own" and "pairs"."""
+    kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
+    if ``mine``: see :func:`_hide`)."""
     hidden, positive = masks
     top, total, zsum, count = stats
-    zsum = zsum + _masked_sum(xp, positive, z)
-    if p.positives != "supcon":
-        hidden = _or(hidden, positive)
-    top, total = _lse_update(xp, top, total, z, hidden)
-    return top, total, zsum, count + _count(xp, positive, z)
+    if positive is not None:  # before z is written over
+        zsum = zsum + _masked_sum(xp, positive, z)
+        count = count + _count(xp, positive, z)
+        if p.positives != "supcon":
+            hidden = _or(hidden, positive)
+    top, total = _lse_update(xp, top, total, z, hidden, mine)
+    return top, total, zsum, count
 
 
 def _sigmoid(xp: Namespace, x: Array) -> Array:
@@ -221,25 +241,32 @@ def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
     return rows, count, (_lse(xp, top, total), count)
 
 
-def response(xp: Namespace, p: Problem, residual: tuple[Array, ...], z: Array, masks: Any) -> Array:
-    """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics."""
+def response(
+    xp: Namespace,
+    p: Problem,
+    residual: tuple[Array, ...],
+    z: Array,
+    masks: Any,
+    mine: bool = False,
+) -> Array:
+    """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
+    (written over ``z`` if ``mine``: see :func:`_hide`)."""
     hidden, positive = masks
     if p.positives != "supcon":
         lse_negatives, sigmas = residual
-        negative = _or(hidden, positive)
-        shifted = z - safe_shift(xp, lse_negatives)[:, None]
-        out = xp.exp(shifted if negative is None else xp.where(negative, -xp.inf, shifted))
-        out = out * sigmas[:, None]
-        if positive is not None:
+        pull = None
+        if positive is not None:  # before z is written over
             pull = _sigmoid(xp, lse_negatives[:, None] - z)
-            out = out - xp.where(positive, pull, xp.zeros_like(pull))
-        return out
+            pull = xp.where(positive, pull, xp.zeros_like(pull))
+        kept = _hide(xp, z, _or(hidden, positive), mine)
+        shift = safe_shift(xp, lse_negatives)[:, None]
+        out = multiply_into(xp, _exp(xp, kept, shift, mine), sigmas[:, None])
+        return out if pull is None else subtract_into(xp, out, pull)
     lse, count = residual
-    kept = z if hidden is None else xp.where(hidden, -xp.inf, z)
-    out = xp.exp(kept - lse[:, None])
+    out = _exp(xp, _hide(xp, z, hidden, mine), lse[:, None], mine)
     if positive is not None:
         share = 1.0 / xp.where(count > 0, count, xp.ones_like(count))
-        out = out - xp.where(positive, share[:, None], xp.zeros_like(out))
+        out = subtract_into(xp, out, xp.where(positive, share[:, None], xp.zeros_like(out)))
     return out
 
 

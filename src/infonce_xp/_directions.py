@@ -61,6 +61,13 @@ class Direction(NamedTuple):
             return self.anchor, _LOCAL[keys], keys
         return None
 
+    def own_positive(self) -> str | None:
+        """The name of the array whose row i is anchor i's own positive (the local one where
+        the positives are among gathered candidates), or None."""
+        if self.positive is not None:
+            return self.positive
+        return next((_LOCAL[name] for name, role in self.shared if role == "own"), None)
+
 
 _LOCAL = {ALL_KEYS: KEY, ALL_QUERIES: QUERY, KEY: KEY, QUERY: QUERY}
 
@@ -103,14 +110,19 @@ def problem(
     units: dict[str, Array],
     labels: dict[str, Array],
     offset: Any,
+    apart: bool = False,
 ) -> Problem:
     """The blocks of a direction as one :class:`._cells.Problem`: shared blocks concatenated
-    (with their labels, and which of them carry one), paired and own positive as they are."""
+    (with their labels, and which of them carry one), paired and own positive as they are.
+    ``apart``: an own positive among the shared candidates is a column of its own too, and
+    hidden among them (``Problem.twin``)."""
     y: Any = labels.get(LABELS) if config.labelled else None
-    parts, part_labels, own, hide, start = [], [], None, None, 0
+    parts, part_labels, own, hide, twin, start = [], [], None, None, None, 0
     for name, role in d.shared:
         block = units[name]
-        if role == "own":
+        if role == "own" and apart:
+            twin = offset + start
+        elif role == "own":
             own = offset + start
         elif role == "self":
             hide = offset + start
@@ -131,6 +143,8 @@ def problem(
     paired = None if d.paired is None else units[d.paired]
     paired_labels = None if y is None or paired is None else labels.get(NEGATIVE_LABELS)
     positive = None if d.positive is None else units[d.positive]
+    if twin is not None:
+        positive = units[d.own_positive() or ""]
     return Problem(
         units[d.anchor],
         shared,
@@ -141,6 +155,7 @@ def problem(
         paired_labels,
         own,
         hide,
+        twin,
         positive,
         config.positives,
     )

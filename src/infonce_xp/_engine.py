@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from . import _cells, _core, _dense, _stacks, _tiled
 from ._arrays import Scan, as_array, device, python_scan, traits
+from ._cells import Problem
 from ._directions import (
     LABEL_NAMES,
     QUERY,
@@ -29,11 +30,13 @@ class Route(NamedTuple):
     """A direction and the execution that computes it: "plain" (:mod:`._core`: one positive
     per row, all logits at once; "fused" is its form for a compiler that fuses element-wise
     work, see ``_core.forward``), "cells" (:mod:`._dense`: the cells of :mod:`._cells`, all
-    at once) or "tiled" (:mod:`._tiled`). ``kept``: which fields of the execution's saved tuple are arrays."""
+    at once) or "tiled" (:mod:`._tiled`). ``kept``: which fields of the execution's saved
+    tuple are arrays. ``names``: a plain route's anchor, positive and candidates."""
 
     direction: Direction
     kernel: str
     kept: tuple[bool, ...]
+    names: tuple[str, str, str] | None = None
 
 
 _PLAIN = ("plain", "fused")
@@ -70,7 +73,7 @@ class Plan:
     """How one call signature is computed; holds no array. Equal configurations and
     reductions give equal plans (a plan is a static argument of ``jax.custom_vjp``)."""
 
-    __slots__ = ("_key", "config", "dtype", "out_dtype", "reduction", "routes")
+    __slots__ = ("_kept", "_key", "config", "dtype", "out_dtype", "reduction", "routes")
 
     def __init__(
         self, xp: Namespace, config: Config, empty: bool, reduction: str, out_dtype: Any
@@ -85,15 +88,17 @@ class Plan:
         fused = traits(xp).fusing() and not traits(xp).lazy
         routes = []
         for d in directions(config):
-            plain = d.one_positive() is not None and not config.labelled
-            if plain and (config.chunk_size is None or (empty and d.anchor == QUERY)):
-                routes.append(Route(d, "fused" if fused else "plain", (True, True, True)))
+            names = None if config.labelled else d.one_positive()
+            if names and (config.chunk_size is None or (empty and d.anchor == QUERY)):
+                kernel = "fused" if fused else "plain"
+                routes.append(Route(d, kernel, (True, True, True), names))
             elif config.chunk_size is None:
                 kept = (bool(d.shared), d.paired is not None, d.positive is not None, True)
                 routes.append(Route(d, "cells", kept))
             else:
                 routes.append(Route(d, "tiled", (True, True, False, True)))
         self.routes = tuple(routes)
+        self._kept = sum(sum(route.kept) for route in routes)  # arrays the routes keep
         self._key = (config, reduction, str(out_dtype), tuple(r.kernel for r in routes))
 
     def __eq__(self, other: object) -> bool:
@@ -146,7 +151,7 @@ class Plan:
         if route.kernel in _PLAIN:
             (a, b, c), where = self._plain(step, route)
             return _core.forward(xp, a, b, c, scale, where, route.kernel == "fused")
-        p = problem(xp, self.config, route.direction, step.units, step.arrays, step.offset)
+        p = self._problem(step, route)
         if route.kernel == "cells":
             return _dense.forward(xp, p, scale)
         return _tiled.forward(xp, p, scale, self.config.chunk_size or 1, step.loop)
@@ -251,12 +256,11 @@ class Plan:
         if route.kernel in _PLAIN:
             (a, b, c), where = self._plain(step, route)
             where = None if route.kernel == "fused" else where  # see _core.forward
-            names = d.one_positive()
-            assert names is not None  # a plain route's direction has one positive
+            names = route.names or ("", "", "")
             wants_c = wanted is None or names[2] in wanted
             *parts, g_scale = _core.backward(xp, a, b, c, scale, kept, grad_rows, where, wants_c)
             return list(zip(names, parts)), g_scale
-        p = problem(xp, self.config, d, step.units, step.arrays, step.offset)
+        p = self._problem(step, route)
         if route.kernel == "cells":
             g_anchor, blocks, g_scale = _dense.backward(xp, p, scale, kept, grad_rows)
         else:
@@ -275,18 +279,22 @@ class Plan:
             start += rows
         if d.paired is not None:
             out.append((d.paired, g_paired))
-        if d.positive is not None:
-            out.append((d.positive, g_positive))
+        if p.positive is not None:
+            out.append((d.own_positive() or "", g_positive))
         return out, g_scale
+
+    def _problem(self, step: _Step, route: Route) -> Problem:
+        """A cells route's arrays; tiled, its own positives are a column of their own."""
+        apart = route.kernel == "tiled"
+        d, config = route.direction, self.config
+        return problem(step.xp, config, d, step.units, step.arrays, step.offset, apart)
 
     @staticmethod
     def _plain(step: _Step, route: Route) -> tuple[tuple[Array, ...], Any]:
         """Anchor, positive and candidates of a one-positive route, and the in-batch offset of
         the positives among the candidates (None: a separate positive)."""
-        d = route.direction
-        names = d.one_positive() or ()
-        arrays = tuple(step.units[name] for name in names)
-        return arrays, None if d.positive is not None else step.offset
+        arrays = tuple(step.units[name] for name in route.names or ())
+        return arrays, None if route.direction.positive is not None else step.offset
 
     # The residuals' layout, for a bridge that keeps them as a flat list ------------------------
 
@@ -302,13 +310,14 @@ class Plan:
             leaves += [x for x, there in zip(kept, route.kept) if there]
         return leaves
 
-    def load(self, xp: Namespace, inputs: dict[str, Array], leaves: Any, split: bool) -> Residuals:
+    def load(self, inputs: dict[str, Array], leaves: Any, split: bool) -> Residuals:
         """The residuals that :meth:`save` flattened, with the inputs they were computed from."""
         units = lengths = by_name = None
         it = iter(leaves)
         if self.config.normalize:
             floats = _float_names(inputs)
-            n = len(_stacks.groups({k: inputs[k] for k in floats}, traits(xp).fusing()))
+            # the rest are the stacks, their lengths (two per stack) and the units by name
+            n = (len(leaves) - self._kept - (len(floats) if split else 0)) // 3
             units = tuple(next(it) for _ in range(n))
             lengths = tuple(next(it) for _ in range(2 * n))
             if split:

@@ -193,7 +193,7 @@ def forward(xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan) -> tu
         rows = _unpack(p, x)
 
         def first(c: Any, z: Array, masks: Any) -> Any:
-            return first_pass(xp, p, c, z, masks)
+            return first_pass(xp, p, c, z, masks, mine=True)
 
         def second(lse_negatives: Array, sums: Any) -> Any:
             def visit(c: Any, z: Array, masks: Any) -> Any:
@@ -231,7 +231,7 @@ def backward(
 
             def key_block(pulled: Array, key: tuple[Any, ...]) -> Any:
                 keys, z, masks = _key_tile(xp, p, scaled_i, row0, y, key)
-                r = response(xp, p, tuple(residual), z, masks)
+                r = response(xp, p, tuple(residual), z, masks, mine=True)
                 return pulled + r @ keys, (r.T @ weighted_i,)
 
             pulled, (grad_keys,) = collect(
@@ -239,7 +239,7 @@ def backward(
             )
         outs = []
         for kind, block, z, masks in _own_tiles(xp, p, scaled_i, rows):
-            r = response(xp, p, tuple(residual), z, masks)
+            r = response(xp, p, tuple(residual), z, masks, mine=True)
             pulled = pulled + pull(kind, r, block)
             outs.append(push(kind, r, weighted_i))
         return grad_keys, (pulled * weight_i[:, None], *outs)

@@ -74,7 +74,7 @@ class _Rows(torch.autograd.Function):
                 # create_graph=True: rebuild the residuals with a graph back to the inputs.
                 residuals = plan.forward(xp, arrays, t, offset)[1]
             else:
-                residuals = plan.load(xp, arrays, saved[n:], ctx.split)
+                residuals = plan.load(arrays, saved[n:], ctx.split)
             wanted = {k for k, needed in zip(static.names, ctx.needs_input_grad[1:]) if needed}
             grads = plan.backward(xp, residuals, grad, t, offset, wanted=wanted)
         learned = (grads.get("temperature"),) if static.temperature is None else ()
