@@ -180,3 +180,23 @@ def test_a_plan_made_while_torch_compiles_takes_the_fused_kernel(monkeypatch):
     assert [r.kernel for r in eager.routes] == ["plain", "plain"]
     assert [r.kernel for r in compiling.routes] == ["fused", "fused"]
     assert eager != compiling
+
+
+@pytest.mark.backends("torch")
+def test_the_torch_func_question_is_the_private_one_here():
+    """``in_torch_func`` asks torch's private ``_are_functorch_transforms_active`` (with a
+    conservative fallback): this torch has it, and it answers inside ``torch.func.vmap``."""
+    import torch
+
+    from infonce_xp._namespaces import in_torch_func
+
+    assert hasattr(torch._C, "_are_functorch_transforms_active")
+    assert not in_torch_func()
+    seen = []
+
+    def probe(x):
+        seen.append(in_torch_func())
+        return x
+
+    torch.func.vmap(probe)(torch.ones(2))
+    assert seen == [True]

@@ -8,7 +8,6 @@ runs on.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -18,6 +17,7 @@ from array_api_compat import is_lazy_array, is_writeable_array
 from ._namespaces import (
     array_namespace,
     device,
+    in_torch_func,
     is_array_api_obj,
     is_torch_tensor,
     library,
@@ -189,11 +189,10 @@ def _not_compiling() -> bool:
 
 
 def _torch_transforms_active() -> bool:
-    torch = sys.modules["torch"]
     # The C check first: it is the common answer, and the cheaper one.
-    if not torch._C._are_functorch_transforms_active():
+    if not in_torch_func():
         return False
-    return not torch.compiler.is_compiling()  # the compiler makes its own choice
+    return not torch_compiling()  # the compiler makes its own choice
 
 
 def subtract_exp(xp: Namespace, x: Array, shift: Array) -> Array:
