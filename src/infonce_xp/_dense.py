@@ -33,7 +33,8 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
     rows, count, residual = _cells.finish(
         xp, p, stats, lambda lse, sums: _second(xp, tiles, lse, sums)
     )
-    r = {kind: _cells.response(xp, p, residual, z, masks) for kind, z, masks in tiles}
+    # the logits' last use: each response is written over its tile where the library can
+    r = {kind: _cells.response(xp, p, residual, z, masks, True) for kind, z, masks in tiles}
     return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count)
 
 

@@ -1,11 +1,12 @@
 """The plan of a call: how its loss and gradient are computed, decided once per call signature.
 
 ``check_call`` builds a :class:`Plan` from the options and the arrays' static facts (never from
-their values). The plan holds the directions with their candidate blocks, which execution runs
-each (the one-positive dense kernel of :mod:`._core`, or the cells of :mod:`._cells`, dense
-(:mod:`._dense`) or tiled (:mod:`._tiled`)), the reduction and its derivative, and the layout of the residuals. The bridges (torch
-autograd, JAX ``custom_vjp``, the analytic default) call :meth:`Plan.forward` and
-:meth:`Plan.backward` and move arrays; the backward runs what the forward chose.
+their values). The plan holds the directions with their candidate blocks, the execution that
+runs each (the one-positive dense kernel of :mod:`._core`, or the cells of :mod:`._cells`,
+dense in :mod:`._dense` or tiled in :mod:`._tiled`), the reduction and its derivative, and the
+layout of the residuals. The bridges (torch autograd, JAX ``custom_vjp``, the analytic
+default) call :meth:`Plan.forward` and :meth:`Plan.backward` and move arrays; the backward runs
+what the forward chose.
 """
 
 from __future__ import annotations
