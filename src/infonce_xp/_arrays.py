@@ -234,10 +234,12 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
     """``x`` (N, M) with ``x[i, offset + i] = values[i]`` (or the number ``values``).
 
     Where the library can, and ``offset`` is a Python int, a strided write of N entries over
-    ``x`` (which must be our own); else a ``where`` over N x M.
+    ``x`` (which must be our own); else a ``where`` over N x M. Also a ``where`` while a
+    compiler fuses element-wise work (``torch.compile``): it turns the strided write into a
+    pass over every entry and a second N x M buffer, where the ``where`` joins the next pass.
     """
     n, m = x.shape
-    if isinstance(offset, int) and _may_overwrite(xp, x):
+    if isinstance(offset, int) and _may_overwrite(xp, x) and not traits(xp).fusing():
         found = traits(xp)
         if found.diagonal_view():
             view = x.diagonal(offset)

@@ -232,10 +232,11 @@ def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
     top, total, zsum, count = stats
     has = count > 0
     if p.positives == "own":  # one positive: zsum is its logit
-        gap = _lse(xp, top, total, -xp.inf) - zsum
+        lse_negatives = _lse(xp, top, total, -xp.inf)
+        gap = lse_negatives - zsum
         rows = xp.where(has, _softplus(xp, gap), xp.zeros_like(gap))
         sigma = xp.where(has, _sigmoid(xp, gap), xp.zeros_like(gap))
-        return rows, count, (gap + zsum, sigma)
+        return rows, count, (lse_negatives, sigma)
     per = zsum / xp.where(has, count, xp.ones_like(count))
     rows = xp.where(has, _log(xp, total) + (top - per), xp.zeros_like(total))
     return rows, count, (_lse(xp, top, total), count)
