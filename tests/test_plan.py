@@ -200,3 +200,24 @@ def test_the_torch_func_question_is_the_private_one_here():
 
     torch.func.vmap(probe)(torch.ones(2))
     assert seen == [True]
+
+
+def test_what_the_shapes_decide_is_found_once_per_plan(monkeypatch):
+    """The normalisation's layout (which inputs share a stack) is fixed when the plan is made,
+    not found at each call; other shapes or dtypes make another plan, never a stale one."""
+    from infonce_xp import _stacks
+
+    plan = plan_of(negatives=NEG)
+    arrays = {"query": Q, "positive_key": K, "negative_keys": NEG}
+    xp = _call.array_namespace(Q)
+    want_loss, want = info_nce_value_and_grad(Q, K, NEG)
+    monkeypatch.setattr(_stacks, "layout", lambda *args: pytest.fail("layout found per call"))
+    loss, residuals = plan.forward(xp, arrays, 0.1)
+    grads = plan.backward(xp, residuals, None, 0.1)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(grads["query"], want.query, rtol=1e-12)
+    monkeypatch.undo()
+    assert plan_of(negatives=NEG[:3]) != plan  # fewer negatives: another stack
+    opts = Options.of(0.1, "mean", "unpaired", {})
+    single = _call.check_call(opts, *(x.astype(np.float32) for x in (Q, K, NEG))).plan
+    assert single != plan and single.dtype == np.float32

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infonce_xp import _stacks, info_nce, info_nce_value_and_grad
+from infonce_xp import _call, _stacks, info_nce, info_nce_value_and_grad
 from reference import seed
 
 rng = np.random.default_rng(3)
@@ -15,20 +15,26 @@ NEGATIVES = {"unpaired": rng.normal(size=(7, 5)), "paired": rng.normal(size=(6, 
 
 
 def test_groups_split_where_a_stack_would_exceed_the_limit(monkeypatch):
-    arrays = {"a": np.zeros((4, 5)), "b": np.zeros((2, 5)), "c": np.zeros((3, 2, 5))}
-    assert _stacks.groups(arrays) == (("a", "b", "c"),)
+    shapes = {"a": (4, 5), "b": (2, 5), "c": (3, 2, 5)}
+
+    def groups():
+        return tuple(tuple(name for name, _, _ in group) for group in _stacks.layout(shapes))
+
+    assert groups() == (("a", "b", "c"),)
+    assert _stacks.layout(shapes)[0][2] == ("c", (3, 2, 5), 6)  # rows of the stack
     monkeypatch.setattr(_stacks, "STACK_LIMIT", 25)
-    assert _stacks.groups(arrays) == (("a",), ("b",), ("c",))
+    assert groups() == (("a",), ("b",), ("c",))
     monkeypatch.setattr(_stacks, "STACK_LIMIT", 45)
-    assert _stacks.groups(arrays) == (("a", "b"), ("c",))
+    assert groups() == (("a", "b"), ("c",))
     monkeypatch.setattr(_stacks, "STACK_LIMIT", 1)
-    assert _stacks.groups(arrays) == (("a",), ("b",), ("c",))  # an array alone may exceed it
+    assert groups() == (("a",), ("b",), ("c",))  # an array alone may exceed it
 
 
 @pytest.mark.parametrize("limit", [1, 65, 1 << 15])
 @pytest.mark.parametrize("mode", ["in-batch", "unpaired", "paired"])
 def test_any_grouping_gives_the_seeds_values_and_gradients(backend, monkeypatch, limit, mode):
     monkeypatch.setattr(_stacks, "STACK_LIMIT", limit)
+    monkeypatch.setattr(_call, "_CHECKED", {})  # plans made under another limit
     neg = NEGATIVES.get(mode)
     options = {"negative_mode": mode} if mode == "paired" else {}
     loss, grads = info_nce_value_and_grad(*backend.asarrays(Q, K, neg), **options)
@@ -48,6 +54,7 @@ def test_gradients_of_some_inputs_from_any_grouping(monkeypatch, limit, frozen):
     import torch
 
     monkeypatch.setattr(_stacks, "STACK_LIMIT", limit)
+    monkeypatch.setattr(_call, "_CHECKED", {})  # plans made under another limit
     arrays = {"query": Q, "positive_key": K, "negative_keys": NEGATIVES["unpaired"]}
     ours = {k: torch.tensor(v, requires_grad=k != frozen) for k, v in arrays.items()}
     theirs = {k: torch.tensor(v, requires_grad=k != frozen) for k, v in arrays.items()}

@@ -33,6 +33,7 @@ __all__ = [
     "array_namespace",
     "as_array",
     "clip_min",
+    "concat_rows",
     "device",
     "diagonal",
     "divide_into",
@@ -44,7 +45,6 @@ __all__ = [
     "library_name",
     "may_write",
     "multiply_into",
-    "python_scan",
     "result_type",
     "row_dot",
     "row_norms",
@@ -52,6 +52,7 @@ __all__ = [
     "subtract_diagonal",
     "subtract_exp",
     "subtract_into",
+    "subtract_product",
     "torch_compiling",
     "traits",
 ]
@@ -89,6 +90,8 @@ class Traits:
     masked_fill
         Arrays have ``masked_fill_(mask, value)`` (torch), where boolean item assignment would
         synchronise on the mask's count.
+    addcmul
+        Arrays have ``addcmul_(a, b, value=v)`` (torch): ``x += v * a * b`` in one operation.
     overwrite
         Whether one of our own temporaries may be written over now: the arrays are writeable,
         and (torch) it is on no autograd tape and no ``torch.func`` transform watches.
@@ -104,6 +107,7 @@ class Traits:
     watched: Callable[[], bool]
     fill: str = ""
     masked_fill: bool = False
+    addcmul: bool = False
     overwrite: Callable[[Any], bool] = lambda x: False
 
 
@@ -139,6 +143,7 @@ def traits(xp: Namespace) -> Traits:
             watched=_torch_transforms_active if library(xp) == "torch" else _never,
             fill=next((m for m in ("fill_", "fill") if writeable and hasattr(probe, m)), ""),
             masked_fill=writeable and hasattr(probe, "masked_fill_"),
+            addcmul=writeable and hasattr(probe, "addcmul_"),
             overwrite=(
                 _torch_overwrite if library(xp) == "torch" else _always_1 if writeable else _never_1
             ),
@@ -211,6 +216,17 @@ def subtract_into(xp: Namespace, x: Array, y: Array) -> Array:
     if not _may_overwrite(xp, x):
         return x - y
     x -= y
+    return x
+
+
+def subtract_product(xp: Namespace, x: Array, a: Array, b: Array) -> Array:
+    """``x - a * b``, written over ``x`` where the library can (``x`` must be our own): one
+    operation where the library has it (torch's ``addcmul_``)."""
+    if not _may_overwrite(xp, x):
+        return x - a * b
+    if traits(xp).addcmul:
+        return x.addcmul_(a, b, value=-1)
+    x -= a * b
     return x
 
 
@@ -294,17 +310,15 @@ def diagonal_mask(xp: Namespace, x: Array, offset: Any, row0: Any, col0: Any) ->
 
 
 # Delegation (array-api-extra's pattern): where array-api-compat's wrapper costs more than the
-# op, a primitive calls the library's own function of the same semantics, chosen once per
-# namespace. Measured on (8, 1) and (8, 128) float32 arrays: compat's NumPy clip 5.1 us, its
-# vector_norm 4 us, against 0.4 us for NumPy's maximum and 1.5 us for its sum of squares; torch:
-# compat's maximum with a number 5.4 us, its clip 1.7 us; a copy as x + 0.0 2.7 us, clone 1.6;
-# compat's vecdot (a bmm) 12.8 us on (16, 16), torch's own 2.0, a sum of products 2.7.
+# op (argument checks and promotion in Python, which small arrays pay at every call), a
+# primitive calls the library's own function of the same semantics, chosen once per namespace.
 class _Native(NamedTuple):
     clip_min: Callable[[Array, float], Array]
     row_norms: Callable[[Array], Array]
     copy: Callable[[Array], Array]
     split_rows: Callable[[Array, list[int]], Sequence[Array]]
     row_dot: Callable[[Array, Array], Array]
+    concat_rows: Callable[[list[Array]], Array]
 
 
 _NATIVE: dict[str, _Native] = {}
@@ -323,6 +337,7 @@ def native(xp: Namespace) -> _Native:
                 torch.clone,
                 lambda x, sizes: x.split_with_sizes(sizes),  # torch.split's own checks cost more
                 torch.linalg.vecdot,  # compat's goes through bmm
+                torch.cat,  # compat's checks dtypes and devices first
             )
         elif library_name(xp) == "numpy":
             import numpy as np
@@ -333,6 +348,7 @@ def native(xp: Namespace) -> _Native:
                 np.copy,
                 _slices,
                 xp.vecdot,
+                np.concatenate,
             )
         else:
             found = _Native(
@@ -341,6 +357,7 @@ def native(xp: Namespace) -> _Native:
                 lambda x: x + 0.0,  # a new array that autograd and tracers follow
                 _slices,
                 xp.vecdot,
+                lambda rows: xp.concat(rows, axis=0),
             )
         _NATIVE[xp.__name__] = found
     return found
@@ -362,6 +379,11 @@ def split_rows(xp: Namespace, x: Array, sizes: list[int]) -> Sequence[Array]:
     return native(xp).split_rows(x, sizes)
 
 
+def concat_rows(xp: Namespace, rows: list[Array]) -> Array:
+    """``concat(rows, axis=0)`` of arrays of one dtype, by the library's own where cheaper."""
+    return native(xp).concat_rows(rows)
+
+
 def _slices(x: Array, sizes: list[int]) -> list[Array]:
     return [x[sum(sizes[:i]) : sum(sizes[: i + 1]), ...] for i in range(len(sizes))]
 
@@ -369,31 +391,6 @@ def _slices(x: Array, sizes: list[int]) -> list[Array]:
 def row_dot(xp: Namespace, a: Array, b: Array) -> Array:
     """``vecdot`` over the last axis of real arrays of one dtype."""
     return native(xp).row_dot(a, b)
-
-
-_SCANS: dict[str, Scan] = {}
-
-
-def python_scan(xp: Namespace) -> Scan:
-    """A ``jax.lax.scan`` look-alike for eager backends: a Python loop over the leading axis
-    (made once per namespace)."""
-    found = _SCANS.get(xp.__name__)
-    if found is None:
-        found = _SCANS[xp.__name__] = _python_scan(xp)
-    return found
-
-
-def _python_scan(xp: Namespace) -> Scan:
-    def scan(body: Callable[..., Any], carry: Any, xs: tuple[Array, ...]) -> Any:
-        ys = []
-        for i in range(xs[0].shape[0]):
-            carry, y = body(carry, tuple(x[i, ...] for x in xs))
-            ys.append(y)
-        if not ys or ys[0] is None:
-            return carry, None
-        return carry, tuple(xp.stack(column) for column in zip(*ys))
-
-    return scan
 
 
 def as_array(xp: Namespace, x: Any) -> Array:

@@ -89,7 +89,7 @@ def check_call(
         except Exception:  # not an array, a traced one, or facts that do not hash: check
             key = found = None
         if found is not None:
-            return found._replace(arrays=given)
+            return Call(found.xp, given, found.temperature, found.plan, found.options)
     call = _check_call(options, given, temperature, xp, supervised)
     if key is not None:
         if len(_CHECKED) >= 64:
@@ -183,7 +183,8 @@ def _check_call(
         options.gather is not None,
     )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
-    plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()))
+    floats = {k: x for k, x in given.items() if k not in _TAGS}
+    plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()), floats)
     return Call(xp, given, temperature, plan, options)
 
 
@@ -265,10 +266,10 @@ def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
 def gathered(call: Call) -> tuple[dict[str, Array], Any]:
     """The call's arrays plus, with ``gather``, every worker's candidates (keys, queries,
     unpaired negatives) and their labels; and this worker's row offset among them."""
-    arrays = dict(call.arrays)
     gather = call.options.gather
     if gather is None:
-        return arrays, 0
+        return call.arrays, 0
+    arrays = dict(call.arrays)
     config, n = call.plan.config, call.arrays[_directions.QUERY].shape[0]
     pairs = []
     if config.in_batch:

@@ -28,7 +28,7 @@ from ._arrays import (
     row_norms,
     subtract_diagonal,
     subtract_exp,
-    subtract_into,
+    subtract_product,
     traits,
 )
 from ._typing import Array, Namespace
@@ -70,7 +70,7 @@ def normalise_backward(
 
     May overwrite ``grad_unit``, which must be our own temporary.
     """
-    grad_unit = subtract_into(xp, grad_unit, unit * row_dot(xp, unit, grad_unit)[..., None])
+    grad_unit = subtract_product(xp, grad_unit, unit, row_dot(xp, unit, grad_unit)[..., None])
     # |x| (inf for a row within sqrt(D) of the dtype's maximum, whose gradient is below its
     # smallest number anyway)
     return divide_into(xp, grad_unit, length * largest)
@@ -166,9 +166,11 @@ def backward(
     exps, others, partition = residuals
     weight = grad_rows / partition * scale  # scale * dl/dlogit_ij = weight_i * exps_ij
     if offset is not None:
-        if traits(xp).lazy:
+        if traits(xp).lazy or exps.shape[-1] <= anchor.shape[-1]:
             # A fusing compiler (XLA) scales the matrix in one pass written over the residual's
-            # (now dead) buffer, where a scaled (N, D) anchor would be one more live temporary.
+            # (now dead) buffer, where a scaled (N, D) anchor would be one more live temporary;
+            # with no more candidates than features, the (N, M) matrix is the smaller operand
+            # anyway, and scaling it once spares an operation.
             weighted = exps * weight[:, None]
             grad_anchor = weighted @ candidates
             grad_candidates = weighted.T @ anchor if candidates_grad else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _cells, _core, _dense, _stacks, _tiled
-from ._arrays import Scan, as_array, device, python_scan, traits
+from ._arrays import Scan, as_array, device, traits
 from ._cells import Problem
 from ._directions import (
     LABEL_NAMES,
@@ -51,7 +51,7 @@ class _Step(NamedTuple):
     arrays: dict[str, Array]  # the raw arrays, labels included
     scale: Any
     offset: Any
-    loop: Scan
+    loop: Scan | None  # a tiled route's (None: a Python loop)
 
 
 class Residuals(NamedTuple):
@@ -71,22 +71,44 @@ class Residuals(NamedTuple):
 
 
 class Plan:
-    """How one call signature is computed; holds no array. Equal configurations and
-    reductions give equal plans (a plan is a static argument of ``jax.custom_vjp``)."""
+    """How one call signature is computed; holds no array. Equal configurations, reductions,
+    dtypes and normalisation layouts give equal plans (a plan is a static argument of
+    ``jax.custom_vjp``)."""
 
-    __slots__ = ("_kept", "_key", "config", "dtype", "out_dtype", "reduction", "routes")
+    __slots__ = (
+        "_cast",
+        "_kept",
+        "_key",
+        "_layout",
+        "_names",
+        "_plain_only",
+        "config",
+        "dtype",
+        "out_dtype",
+        "reduction",
+        "routes",
+    )
 
     def __init__(
-        self, xp: Namespace, config: Config, empty: bool, reduction: str, out_dtype: Any
+        self,
+        xp: Namespace,
+        config: Config,
+        empty: bool,
+        reduction: str,
+        out_dtype: Any,
+        floats: dict[str, Array],
     ) -> None:
         """``empty``: the explicit negatives have no row (tiles then gain nothing);
-        ``out_dtype``: the floating inputs' promoted dtype, that of the loss."""
+        ``out_dtype``: the floating inputs' promoted dtype, that of the loss; ``floats``: the
+        call's floating arrays by name, whose shapes and dtypes (not values) the plan reads."""
         self.config, self.reduction, self.out_dtype = config, reduction, out_dtype
         # the compute dtype: at least float32 (half-precision inputs are upcast for the logits
         # and the log-sum-exp)
         self.dtype = out_dtype if xp.finfo(out_dtype).bits >= 32 else xp.float32
+        self._cast = any(x.dtype != self.dtype for x in floats.values())
         # torch.compile: strided writes become passes over every entry (XLA has none anyway)
-        fused = traits(xp).fusing() and not traits(xp).lazy
+        fusing = traits(xp).fusing()
+        fused = fusing and not traits(xp).lazy
         routes = []
         for d in directions(config):
             names = None if config.labelled else d.one_positive()
@@ -100,7 +122,18 @@ class Plan:
                 routes.append(Route(d, "tiled", (True, True, False, True)))
         self.routes = tuple(routes)
         self._kept = sum(sum(route.kept) for route in routes)  # arrays the routes keep
-        self._key = (config, reduction, str(out_dtype), tuple(r.kernel for r in routes))
+        self._plain_only = all(route.kernel in _PLAIN for route in routes)
+        # The floating arrays' names, sorted (as JAX sorts a dict's keys), and the layout of
+        # their normalisation; gathered, other workers' rows join them at each call.
+        self._names = self._layout = None
+        if not config.gathered:
+            self._names = tuple(sorted(floats))
+            if config.normalize:
+                shapes = {k: tuple(floats[k].shape) for k in self._names}
+                self._layout = _stacks.layout(shapes, fusing)
+        kernels = tuple(r.kernel for r in routes)
+        self._key = (config, reduction, str(out_dtype), kernels, self._cast)
+        self._key += (self._names, self._layout)  # what the shapes decided
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._key == other._key
@@ -128,12 +161,12 @@ class Plan:
         arrays included); ``offset`` is where this worker's rows start among the gathered
         ones; ``temperature`` is a Python number or a 0-D array.
         """
-        units = _floats(xp, arrays, self.dtype)
+        units = self._floats(xp, arrays)
         stacks = lengths = None
         if self.config.normalize:
-            stacks, lengths, units = _stacks.normalise(xp, units)
+            stacks, lengths, units = _stacks.normalise(xp, units, self._where(xp, units))
         scale = scale_of(xp, temperature, units[QUERY].dtype)
-        step = _Step(xp, units, arrays, scale, offset, scan or python_scan(xp))
+        step = _Step(xp, units, arrays, scale, offset, scan)
         rows: Any = None
         saved = []
         for route in self.routes:
@@ -144,7 +177,7 @@ class Plan:
             rows = rows / len(saved)
         loss = self._reduce(xp, rows, self._counts(xp, saved))
         split = units if stacks is not None else None
-        return loss, Residuals(dict(arrays), stacks, lengths, tuple(saved), split)
+        return loss, Residuals(arrays, stacks, lengths, tuple(saved), split)
 
     def _forward(self, step: _Step, route: Route) -> tuple[Array, Any]:
         """One route's loss rows and its saved tuple."""
@@ -160,7 +193,7 @@ class Plan:
     def _counts(self, xp: Namespace, saved: list[Any]) -> Array | None:
         """Each row's weight in a mean, or None for 1 each: its number of positive pairs with
         ``positives="pairs"``, else whether it has a positive (a plain row has one)."""
-        if all(route.kernel in _PLAIN for route in self.routes):
+        if self._plain_only:
             return None
         counts: Any = None
         for route, kept in zip(self.routes, saved):
@@ -192,14 +225,19 @@ class Plan:
     def _grad_rows(
         self, xp: Namespace, grad: Any, n: int, counts: Array | None, like: Array
     ) -> Array:
-        """The reduction's derivative: each row's gradient from the loss's (None: ones)."""
+        """The reduction's derivative, with the directions' average: the gradient of each
+        direction's rows from the loss's (None: ones). 0-D where all rows share it, which the
+        one-positive kernels take as it is (one operation fewer per call)."""
+        share = len(self.routes) * (n if self.reduction == "mean" and counts is None else 1)
         if grad is None:
-            grad = xp.ones((), dtype=like.dtype, device=device(like))
-        elif grad.dtype != like.dtype:
-            grad = xp.astype(grad, like.dtype)
-        if self.reduction == "mean":
-            grad = grad / (n if counts is None else _divisor(xp, counts))
-        return xp.broadcast_to(grad, (n,))  # a view: "none" gives (n,) already
+            shape = (n,) if self.reduction == "none" else ()
+            grad = xp.full(shape, 1.0 / share, dtype=like.dtype, device=device(like))
+        else:
+            grad = grad if grad.dtype == like.dtype else xp.astype(grad, like.dtype)
+            grad = grad / share if share != 1 else grad
+        if self.reduction == "mean" and counts is not None:
+            grad = grad / _divisor(xp, counts)
+        return grad  # type: ignore[no-any-return]
 
     # The gradient ----------------------------------------------------------------------------
 
@@ -219,20 +257,22 @@ class Plan:
         gradient is returned."""
         units = residuals.split
         if units is None:
-            units = _floats(xp, residuals.inputs, self.dtype)
+            units = self._floats(xp, residuals.inputs)
             if residuals.units is not None:
-                units = _stacks.units_of(xp, units, residuals.units)
+                units = _stacks.units_of(xp, residuals.units, self._where(xp, units))
         anchor = units[QUERY]
         scale = scale_of(xp, temperature, anchor.dtype)
         counts = self._counts(xp, list(residuals.saved))
-        grad_rows = self._grad_rows(xp, grad, anchor.shape[0], counts, anchor)
-        if len(self.routes) > 1:
-            grad_rows = grad_rows / len(self.routes)
-        step = _Step(xp, units, residuals.inputs, scale, offset, scan or python_scan(xp))
+        n = anchor.shape[0]
+        grad_rows = self._grad_rows(xp, grad, n, counts, anchor)
+        step = _Step(xp, units, residuals.inputs, scale, offset, scan)
         grads: dict[str, Array] = {}
         grad_scale = None
         for route, kept in zip(self.routes, residuals.saved):
-            parts, g_scale = self._backward(step, route, kept, grad_rows, wanted)
+            rows = grad_rows
+            if route.kernel not in _PLAIN and grad_rows.ndim == 0:
+                rows = xp.broadcast_to(grad_rows, (n,))
+            parts, g_scale = self._backward(step, route, kept, rows, wanted)
             for name, g in parts:
                 if g is not None:
                     grads[name] = g if name not in grads else grads[name] + g
@@ -241,8 +281,11 @@ class Plan:
         if wanted is not None:
             grads = {k: g for k, g in grads.items() if k in wanted}
         if residuals.units is not None and residuals.lengths is not None and grads:
-            grads = _stacks.backward(xp, residuals.units, residuals.lengths, units, grads)
-        out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
+            where = self._where(xp, units)
+            grads = _stacks.backward(xp, residuals.units, residuals.lengths, grads, where)
+        out = grads
+        if self._cast:
+            out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
         if not isinstance(temperature, (int, float)):
             # d/dt f(1/t) = -f'(s) s^2
             grad_temperature = as_array(xp, -(grad_scale * scale * scale))
@@ -297,6 +340,20 @@ class Plan:
         arrays = tuple(step.units[name] for name in route.names or ())
         return arrays, None if route.direction.positive is not None else step.offset
 
+    def _floats(self, xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
+        """The floating arrays of a call (not the labels), in the compute dtype, by name."""
+        names = self._names or _float_names(arrays)
+        if not self._cast:
+            return {k: arrays[k] for k in names}
+        dtype = self.dtype
+        return {k: x if (x := arrays[k]).dtype == dtype else xp.astype(x, dtype) for k in names}
+
+    def _where(self, xp: Namespace, units: dict[str, Array]) -> _stacks.Layout:
+        """The layout of the normalisation: the plan's, or (gathered) the arrays'."""
+        if self._layout is not None:
+            return self._layout
+        return _stacks.layout({k: x.shape for k, x in units.items()}, traits(xp).fusing())
+
     # The residuals' layout, for a bridge that keeps them as a flat list ------------------------
 
     def save(self, residuals: Residuals, split: bool) -> list[Array]:
@@ -316,7 +373,7 @@ class Plan:
         units = lengths = by_name = None
         it = iter(leaves)
         if self.config.normalize:
-            floats = _float_names(inputs)
+            floats = self._names or _float_names(inputs)
             # the rest are the stacks, their lengths (two per stack) and the units by name
             n = (len(leaves) - self._kept - (len(floats) if split else 0)) // 3
             units = tuple(next(it) for _ in range(n))
@@ -334,12 +391,6 @@ def _float_names(arrays: dict[str, Array]) -> list[str]:
     """The floating arrays' names in the order of the stacked units (sorted: the same after a
     pytree, as JAX sorts a dict's keys)."""
     return [k for k in sorted(arrays) if k not in LABEL_NAMES]
-
-
-def _floats(xp: Namespace, arrays: dict[str, Array], dtype: Any) -> dict[str, Array]:
-    """The floating arrays of a call (not the labels), in the compute dtype, by name."""
-    floats = {k: arrays[k] for k in _float_names(arrays)}
-    return {k: x if x.dtype == dtype else xp.astype(x, dtype) for k, x in floats.items()}
 
 
 def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:

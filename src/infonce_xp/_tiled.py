@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 from . import _core
@@ -171,9 +172,37 @@ def _own_tiles(xp: Namespace, p: Problem, scaled_i: Array, rows: tuple[Any, ...]
     return out
 
 
-def forward(xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan) -> tuple[Array, Saved]:
-    """As :func:`._dense.forward`; the residuals are two O(N) statistics and the counts."""
-    n = p.anchor.shape[0]
+_SCANS: dict[str, Scan] = {}
+
+
+def python_scan(xp: Namespace) -> Scan:
+    """A ``jax.lax.scan`` look-alike for eager backends: a Python loop over the leading axis
+    (made once per namespace)."""
+    found = _SCANS.get(xp.__name__)
+    if found is None:
+        found = _SCANS[xp.__name__] = _python_scan(xp)
+    return found
+
+
+def _python_scan(xp: Namespace) -> Scan:
+    def scan(body: Callable[..., Any], carry: Any, xs: tuple[Array, ...]) -> Any:
+        ys = []
+        for i in range(xs[0].shape[0]):
+            carry, y = body(carry, tuple(x[i, ...] for x in xs))
+            ys.append(y)
+        if not ys or ys[0] is None:
+            return carry, None
+        return carry, tuple(xp.stack(column) for column in zip(*ys))
+
+    return scan
+
+
+def forward(
+    xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan | None
+) -> tuple[Array, Saved]:
+    """As :func:`._dense.forward`; the residuals are two O(N) statistics and the counts.
+    ``scan`` drives the loops (None: :func:`python_scan`)."""
+    n, scan = p.anchor.shape[0], scan or python_scan(xp)
     key_blocks = _key_blocks(xp, p, chunk)
 
     def each_tile(rows: tuple[Any, ...], visit: Any, carry: Any) -> Any:
@@ -211,10 +240,16 @@ def forward(xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan) -> tu
 
 
 def backward(
-    xp: Namespace, p: Problem, scale: Any, chunk: int, scan: Scan, saved: Saved, grad_rows: Array
+    xp: Namespace,
+    p: Problem,
+    scale: Any,
+    chunk: int,
+    scan: Scan | None,
+    saved: Saved,
+    grad_rows: Array,
 ) -> tuple[Array, tuple[Any, ...], Array | None]:
     """As :func:`._dense.backward`, rebuilding each tile of responses from the statistics."""
-    n = p.anchor.shape[0]
+    n, scan = p.anchor.shape[0], scan or python_scan(xp)
     weight = row_weights(xp, saved.count, grad_rows, scale)
     scaled = p.anchor * scale
     key_blocks = _key_blocks(xp, p, chunk)
