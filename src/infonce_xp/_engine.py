@@ -132,8 +132,8 @@ class Plan:
                 shapes = {k: tuple(floats[k].shape) for k in self._names}
                 self._layout = _stacks.layout(shapes, fusing)
         kernels = tuple(r.kernel for r in routes)
-        self._key = (config, reduction, str(out_dtype), kernels, self._cast)
-        self._key += (self._names, self._layout)  # what the shapes decided
+        shaped = (self._cast, self._names, self._layout)  # what the arrays' facts decided
+        self._key = (config, reduction, str(out_dtype), kernels, shaped)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._key == other._key
