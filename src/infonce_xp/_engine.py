@@ -258,8 +258,9 @@ class Plan:
         units = residuals.split
         if units is None:
             units = self._floats(xp, residuals.inputs)
-            if residuals.units is not None:
-                units = _stacks.units_of(xp, residuals.units, self._where(xp, units))
+        where = None if residuals.units is None else self._where(xp, units)
+        if residuals.split is None and where is not None:
+            units = _stacks.units_of(xp, residuals.units, where)
         anchor = units[QUERY]
         scale = scale_of(xp, temperature, anchor.dtype)
         counts = self._counts(xp, list(residuals.saved))
@@ -268,10 +269,12 @@ class Plan:
         step = _Step(xp, units, residuals.inputs, scale, offset, scan)
         grads: dict[str, Array] = {}
         grad_scale = None
+        # the cells and tiled executions take one gradient per row (a view)
+        wide = grad_rows
+        if grad_rows.ndim == 0 and not self._plain_only:
+            wide = xp.broadcast_to(grad_rows, (n,))
         for route, kept in zip(self.routes, residuals.saved):
-            rows = grad_rows
-            if route.kernel not in _PLAIN and grad_rows.ndim == 0:
-                rows = xp.broadcast_to(grad_rows, (n,))
+            rows = grad_rows if route.kernel in _PLAIN else wide
             parts, g_scale = self._backward(step, route, kept, rows, wanted)
             for name, g in parts:
                 if g is not None:
@@ -280,8 +283,7 @@ class Plan:
                 grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
         if wanted is not None:
             grads = {k: g for k, g in grads.items() if k in wanted}
-        if residuals.units is not None and residuals.lengths is not None and grads:
-            where = self._where(xp, units)
+        if where is not None and residuals.lengths is not None and grads:
             grads = _stacks.backward(xp, residuals.units, residuals.lengths, grads, where)
         out = grads
         if self._cast:
