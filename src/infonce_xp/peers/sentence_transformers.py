@@ -1,0 +1,186 @@
+"""sentence-transformers' MultipleNegativesRankingLoss, for any array library.
+
+``from infonce_xp.peers import sentence_transformers as st`` and
+``st.MultipleNegativesRankingLoss(scale=20.0, ...)`` replace the loss of
+``sentence_transformers.losses``: the same arguments after ``model`` (the model and
+``similarity_fct`` are left out: the loss takes embeddings, and the similarity is the cosine),
+sentence-transformers' numbers, on the arrays they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._loss import InfoNCE
+from .._namespaces import array_namespace
+from .._options import describe
+from .._typing import Array
+from ._common import check_flag, torch_gather
+
+__all__ = ["MultipleNegativesRankingLoss"]
+
+DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+PARTITIONS = ("joint", "per_direction")
+HARDNESS = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+# The directions and partitions infonce_xp computes, and the core options that give them
+_SUPPORTED: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {
+    (("query_to_doc",), "joint"): {},
+    (("query_to_doc",), "per_direction"): {},
+    (("query_to_doc", "query_to_query"), "joint"): {"same_view_negatives": True},
+    (("doc_to_query", "query_to_doc"), "per_direction"): {"symmetric": True},
+}
+
+
+class MultipleNegativesRankingLoss:
+    """``sentence_transformers.losses.MultipleNegativesRankingLoss`` on embeddings.
+
+    Each anchor (query) is scored against every positive (document) of the batch and every
+    hard negative of every column, its own positive the target: ``info_nce(anchor, positive,
+    concat(negatives), temperature=1 / scale, in_batch_negatives=True)``. The call takes the
+    columns' embeddings, ``loss(anchor, positive, *negatives)``, or as sentence-transformers'
+    ``compute_loss_from_embeddings([anchor, positive, *negatives], labels)`` does.
+
+    Parameters
+    ----------
+    scale : float, default 20.0
+        The cosine similarities are multiplied by it (the inverse temperature).
+    gather_across_devices : bool, default False
+        With torch tensors under ``torch.distributed``, score each process's anchors against
+        every process's documents (:func:`infonce_xp.torch.all_gather`), as
+        sentence-transformers does.
+    directions : tuple of str, default ("query_to_doc",)
+        Which similarities form a row's candidates. Supported: ``("query_to_doc",)``, with
+        ``"query_to_query"`` (joint partition: the other anchors join the candidates) and with
+        ``"doc_to_query"`` (per-direction partition: the symmetric loss).
+    partition_mode : {"joint", "per_direction"}, default "joint"
+        One log-sum-exp over all directions' candidates, or one per direction, averaged.
+    hardness_mode : {None, "in_batch_negatives", "hard_negatives", "all_negatives"}
+        Which negatives hardness weighting applies to; only None (or a strength of 0) is
+        supported yet.
+    hardness_strength : float, default 0.0
+        The hardness weight; must be >= 0.
+    chunk_size : int, optional
+        Keyword-only: compute in tiles of this many rows (see :func:`infonce_xp.info_nce`).
+
+    Raises
+    ------
+    ValueError
+        For the values sentence-transformers rejects (a scale that is not > 0, unknown or
+        missing directions, ``"per_direction"`` with same-type directions, a negative
+        strength), and for the combinations not supported yet.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from infonce_xp.peers import sentence_transformers as st
+    >>> rng = np.random.default_rng(0)
+    >>> anchor, positive, negative = rng.normal(size=(3, 8, 4))
+    >>> bool(st.MultipleNegativesRankingLoss(scale=20.0)(anchor, positive, negative) > 0)
+    True
+    """
+
+    def __init__(
+        self,
+        scale: float = 20.0,
+        gather_across_devices: bool = False,
+        directions: tuple[str, ...] = ("query_to_doc",),
+        partition_mode: str = "joint",
+        hardness_mode: str | None = None,
+        hardness_strength: float = 0.0,
+        *,
+        chunk_size: int | None = None,
+    ) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a number > 0; got {describe(scale)}")
+        check_flag("gather_across_devices", gather_across_devices)
+        directions = tuple(directions)
+        if not directions:
+            raise ValueError("directions must name at least one direction; got ()")
+        unknown = [d for d in directions if d not in DIRECTIONS]
+        if unknown:
+            raise ValueError(f"directions must be among {DIRECTIONS}; got {unknown}")
+        if "query_to_doc" not in directions:
+            raise ValueError(
+                "directions must include 'query_to_doc' (it holds the positive pair); "
+                f"got {directions}"
+            )
+        if partition_mode not in PARTITIONS:
+            raise ValueError(f"partition_mode must be one of {PARTITIONS}; got {partition_mode!r}")
+        if partition_mode == "per_direction" and {"query_to_query", "doc_to_doc"} & set(directions):
+            raise ValueError(
+                "partition_mode='per_direction' needs every direction's candidates to include "
+                "the positive pair, which 'query_to_query' and 'doc_to_doc' do not; use "
+                f"partition_mode='joint'; got directions={directions}"
+            )
+        if hardness_mode not in HARDNESS:
+            raise ValueError(f"hardness_mode must be one of {HARDNESS}; got {hardness_mode!r}")
+        if not isinstance(hardness_strength, (int, float)) or not hardness_strength >= 0:
+            raise ValueError(
+                f"hardness_strength must be a number >= 0; got {describe(hardness_strength)}"
+            )
+        if hardness_mode is not None and hardness_strength > 0:
+            raise ValueError(
+                "hardness weighting is not supported yet by infonce_xp.peers; got "
+                f"hardness_mode={hardness_mode!r}, hardness_strength={hardness_strength!r}"
+            )
+        options = _SUPPORTED.get((tuple(sorted(set(directions))), partition_mode))
+        if options is None:
+            raise ValueError(
+                f"directions={directions} with partition_mode={partition_mode!r} is not "
+                "supported yet by infonce_xp.peers; supported: "
+                + "; ".join(f"{d} with {p!r}" for d, p in _SUPPORTED)
+            )
+        self.scale, self.gather_across_devices = scale, gather_across_devices
+        self.directions, self.partition_mode = directions, partition_mode
+        self.hardness_mode, self.hardness_strength = hardness_mode, hardness_strength
+        self._options: dict[str, Any] = {"in_batch_negatives": True, "chunk_size": chunk_size}
+        self._options |= options
+        self._loss = InfoNCE(1.0 / scale, **self._options)
+
+    @property
+    def temperature(self) -> float:
+        """``1 / scale``, as sentence-transformers' property."""
+        return 1.0 / self.scale
+
+    def __call__(self, anchor: Array, positive: Array, *negatives: Array) -> Array:
+        hard = _columns(anchor, negatives)
+        gather = torch_gather(anchor, self.gather_across_devices, "gather_across_devices")
+        loss = self._loss
+        if gather is not None:
+            loss = InfoNCE(self.temperature, gather=gather, **self._options)
+        return loss(anchor, positive, hard)
+
+    forward = __call__
+
+    def compute_loss_from_embeddings(self, embeddings: Sequence[Array], labels: Any) -> Array:
+        """The loss of ``[anchor, positive, *negatives]`` (``labels`` is ignored, as there)."""
+        if len(embeddings) < 2:
+            raise ValueError(
+                "embeddings must hold at least an anchor and a positive column; got "
+                f"{len(embeddings)}"
+            )
+        return self(*embeddings)
+
+    def __repr__(self) -> str:
+        return (
+            f"MultipleNegativesRankingLoss(scale={self.scale!r}, gather_across_devices="
+            f"{self.gather_across_devices!r}, directions={self.directions!r}, partition_mode="
+            f"{self.partition_mode!r}, hardness_mode={self.hardness_mode!r}, "
+            f"hardness_strength={self.hardness_strength!r})"
+        )
+
+
+def _columns(anchor: Array, negatives: Sequence[Array]) -> Array | None:
+    """The hard-negative columns as one (C·N, D) block (every anchor's candidates), or None."""
+    if not negatives:
+        return None
+    for c, column in enumerate(negatives):
+        if getattr(column, "shape", None) != getattr(anchor, "shape", None):
+            raise ValueError(
+                f"negatives[{c}] must have the anchor's shape {tuple(anchor.shape)}; got "
+                f"{describe(column)}"
+            )
+    if len(negatives) == 1:
+        return negatives[0]
+    return array_namespace(*negatives).concat(list(negatives), axis=0)

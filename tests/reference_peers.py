@@ -1,0 +1,46 @@
+"""Peers that the test environments do not install, ported as test references (torch).
+
+lightly and open-clip-torch require a newer torch than the one the tests pin, so their loss
+code is ported here, line for line where it computes, with its source named. Only the
+single-process paths are ported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def lightly_ntxent(out0: Any, out1: Any, temperature: float = 0.5) -> Any:
+    """lightly 1.5 ``lightly/loss/ntx_ent_loss.py``, ``NTXentLoss.forward`` without a memory
+    bank, in one process."""
+    import torch
+    from torch import nn
+
+    batch_size, _ = out0.shape
+    out0 = nn.functional.normalize(out0, dim=1)
+    out1 = nn.functional.normalize(out1, dim=1)
+    diag_mask = torch.eye(batch_size, device=out0.device, dtype=torch.bool)
+    logits_00 = torch.einsum("nc,mc->nm", out0, out0) / temperature
+    logits_01 = torch.einsum("nc,mc->nm", out0, out1) / temperature
+    logits_10 = torch.einsum("nc,mc->nm", out1, out0) / temperature
+    logits_11 = torch.einsum("nc,mc->nm", out1, out1) / temperature
+    logits_00 = logits_00[~diag_mask].view(batch_size, -1)
+    logits_11 = logits_11[~diag_mask].view(batch_size, -1)
+    logits_0100 = torch.cat([logits_01, logits_00], dim=1)
+    logits_1011 = torch.cat([logits_10, logits_11], dim=1)
+    logits = torch.cat([logits_0100, logits_1011], dim=0)
+    labels = torch.arange(batch_size, device=out0.device, dtype=torch.long).repeat(2)
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def open_clip_loss(image_features: Any, text_features: Any, logit_scale: Any) -> Any:
+    """open_clip 3.x ``src/open_clip/loss.py``, ``ClipLoss.forward`` with ``world_size=1``."""
+    import torch
+    from torch.nn import functional as F
+
+    logits_per_image = logit_scale * image_features @ text_features.T
+    logits_per_text = logit_scale * text_features @ image_features.T
+    labels = torch.arange(logits_per_image.shape[0], device=image_features.device)
+    return (
+        F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
+    ) / 2
