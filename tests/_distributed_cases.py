@@ -54,6 +54,7 @@ class Case:
     same_view: bool = False
     in_batch: bool | None = None
     supervised: bool = False
+    decoupled: bool | str = False  # the decoupled loss (DCL), checked by the recipes' reference
 
     def options(self) -> dict[str, Any]:
         """The loss's keyword options for this case."""
@@ -64,11 +65,12 @@ class Case:
                 "chunk_size": self.chunk_size,
             }
         recipe = {}
-        if self.labels:
+        if self.labels or self.decoupled:
             recipe = {
                 "positives": self.positives,
                 "same_view_negatives": self.same_view,
                 "in_batch_negatives": self.in_batch,
+                "decoupled": self.decoupled,
             }
         return {
             "reduction": self.reduction,
@@ -134,6 +136,10 @@ CASES = {
         chunk_size=3,
         reduction="sum",
         learn=True,
+    ),
+    "decoupled": Case(decoupled=True, symmetric=True, same_view=True, learn=True),
+    "decoupled-blocks-chunked": Case(
+        "unpaired", decoupled="blocks", in_batch=True, chunk_size=2, reduction="none"
     ),
 }
 
@@ -240,7 +246,7 @@ def recipe_reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[
 def reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[str, np.ndarray]:
     """The seed (info-nce-pytorch) on the whole batch: loss and float64 autograd gradients;
     for the recipes, ``recipe_reference``."""
-    if case.labels:
+    if case.labels or case.decoupled:
         return recipe_reference(case, inputs, k)
     import torch
     from info_nce import info_nce as seed

@@ -33,6 +33,35 @@ def lightly_ntxent(out0: Any, out1: Any, temperature: float = 0.5) -> Any:
     return nn.functional.cross_entropy(logits, labels)
 
 
+def lightly_dcl(out0: Any, out1: Any, temperature: float = 0.1, sigma: Any = None) -> Any:
+    """lightly 1.5 ``lightly/loss/dcl_loss.py``, ``DCLLoss.forward`` (``DCLWLoss`` with
+    ``sigma``: ``negative_mises_fisher_weights``) in one process."""
+    import torch
+    from torch import nn
+
+    def weights(a: Any, b: Any) -> Any:
+        similarity = torch.einsum("nm,nm->n", a.detach(), b.detach()) / sigma
+        return 2 - a.shape[0] * nn.functional.softmax(similarity, dim=0)
+
+    def one(a: Any, b: Any) -> Any:
+        batch_size = a.shape[0]
+        diag_mask = torch.eye(batch_size, device=a.device, dtype=torch.bool)
+        sim_00 = torch.einsum("nc,mc->nm", a, a) / temperature
+        sim_01 = torch.einsum("nc,mc->nm", a, b) / temperature
+        positive_loss = -sim_01[diag_mask]
+        if sigma is not None:
+            positive_loss = positive_loss * weights(a, b)
+        sim_00 = sim_00[~diag_mask].view(batch_size, -1)
+        sim_01 = sim_01[~diag_mask].view(batch_size, -1)
+        negative_loss_00 = torch.logsumexp(sim_00, dim=1)
+        negative_loss_01 = torch.logsumexp(sim_01, dim=1)
+        return (positive_loss + negative_loss_00 + negative_loss_01).mean()
+
+    out0 = nn.functional.normalize(out0, dim=1)
+    out1 = nn.functional.normalize(out1, dim=1)
+    return 0.5 * (one(out0, out1) + one(out1, out0))
+
+
 def open_clip_loss(image_features: Any, text_features: Any, logit_scale: Any) -> Any:
     """open_clip 3.x ``src/open_clip/loss.py``, ``ClipLoss.forward`` with ``world_size=1``."""
     import torch

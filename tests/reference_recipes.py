@@ -26,11 +26,19 @@ def _softplus(x: float) -> float:
     return float(np.logaddexp(0.0, x))
 
 
-def _row_loss(z: np.ndarray, own: np.ndarray, same: np.ndarray, positives: str):
+def _row_loss(z, own, same, positives, decoupled=False, block=None, weight=1.0):
     """One anchor's loss and number of positive pairs, from its candidates' logits and flags.
 
-    ``own`` marks the own positive (at most one), ``same`` the same-class candidates.
+    ``own`` marks the own positive (at most one), ``same`` the same-class candidates, ``block``
+    each candidate's block (0 keys, 1 other anchors, 2 explicit negatives). ``decoupled``: the
+    own positive leaves the denominator, ``-weight * z_own + LSE(negatives)`` (True), or one
+    LSE per block, summed ("blocks"); no negatives: 0 for that LSE.
     """
+    if decoupled:
+        negatives = ~own & ~same
+        groups = [negatives] if decoupled is True else [negatives & (block == b) for b in (0, 1, 2)]
+        lse = sum(_lse(z[g]) for g in groups if g.any())
+        return lse - weight * float(z[own][0]), 1
     if positives == "own":
         return _lse(z[~same]) - float(z[own][0]), 1
     is_positive = own | same
@@ -45,38 +53,60 @@ def _row_loss(z: np.ndarray, own: np.ndarray, same: np.ndarray, positives: str):
     raise ValueError(positives)
 
 
+def vmf_weights(anchors, keys, sigma):
+    """DCLW's weights: 2 - N softmax(s_ii / sigma), s_ii = <anchor_i, key_i>."""
+    if sigma is None:
+        return np.ones(len(anchors))
+    s = np.einsum("nd,nd->n", anchors, keys) / sigma
+    e = np.exp(s - s.max())
+    return 2 - len(anchors) * e / e.sum()
+
+
 def _direction(
-    anchors, keys, same_view, negatives, labels, negative_labels, *, in_batch, t, positives
+    anchors,
+    keys,
+    same_view,
+    negatives,
+    labels,
+    negative_labels,
+    *,
+    in_batch,
+    t,
+    positives,
+    decoupled=False,
+    decoupled_sigma=None,
 ):
     """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i])."""
     n = len(anchors)
     rows, pairs = np.zeros(n), np.zeros(n, dtype=int)
     no_label = [None] * n
+    weights = vmf_weights(anchors, keys, decoupled_sigma)
     for i in range(n):
-        candidates = []  # (vector, is the own positive, label or None)
+        candidates = []  # (vector, is the own positive, label or None, block)
         if in_batch:
             key_labels = no_label if labels is None else labels
-            candidates += [(keys[j], j == i, key_labels[j]) for j in range(n)]
+            candidates += [(keys[j], j == i, key_labels[j], 0) for j in range(n)]
         else:
-            candidates.append((keys[i], True, None))
+            candidates.append((keys[i], True, None, 0))
         if same_view is not None:  # the anchor itself is hidden
             view_labels = no_label if labels is None else labels
-            candidates += [(same_view[j], False, view_labels[j]) for j in range(n) if j != i]
+            candidates += [(same_view[j], False, view_labels[j], 1) for j in range(n) if j != i]
         if negatives is not None:
             row_negatives = negatives if negatives.ndim == 2 else negatives[i]
             row_labels = [None] * len(row_negatives)
             if negative_labels is not None:
                 row_labels = negative_labels if negative_labels.ndim == 1 else negative_labels[i]
-            candidates += [(v, False, lab) for v, lab in zip(row_negatives, row_labels)]
-        z = np.array([float(anchors[i] @ v) / t for v, _, _ in candidates])
-        own = np.array([is_own for _, is_own, _ in candidates])
+            candidates += [(v, False, lab, 2) for v, lab in zip(row_negatives, row_labels)]
+        z = np.array([float(anchors[i] @ v) / t for v, _, _, _ in candidates])
+        own = np.array([is_own for _, is_own, _, _ in candidates])
         same = np.array(
             [
                 not is_own and labels is not None and lab is not None and lab == labels[i]
-                for _, is_own, lab in candidates
+                for _, is_own, lab, _ in candidates
             ]
         )
-        rows[i], pairs[i] = _row_loss(z, own, same, positives)
+        block = np.array([b for _, _, _, b in candidates])
+        rows[i], pairs[i] = _row_loss(z, own, same, positives, decoupled, block, weights[i])
     return rows, pairs
 
 
@@ -94,6 +124,8 @@ def recipe_rows(
     same_view_negatives=False,
     symmetric=False,
     normalize=True,
+    decoupled=False,
+    decoupled_sigma=None,
 ):
     """Per-row losses (N,) and the total number of positive pairs, in float64.
 
@@ -110,7 +142,12 @@ def recipe_rows(
     labels = None if labels is None else np.asarray(labels)
     negative_labels = None if negative_labels is None else np.asarray(negative_labels)
     in_batch = neg is None if in_batch_negatives is None else bool(in_batch_negatives)
-    common = {"t": temperature, "positives": positives}
+    common = {
+        "t": temperature,
+        "positives": positives,
+        "decoupled": decoupled,
+        "decoupled_sigma": decoupled_sigma,
+    }
     rows, pairs = _direction(
         q,
         k,

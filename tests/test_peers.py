@@ -18,7 +18,7 @@ import pytest
 from infonce_xp.peers import lightly, open_clip, optax
 from infonce_xp.peers import pytorch_metric_learning as pml
 from infonce_xp.peers import sentence_transformers as st
-from reference_peers import lightly_ntxent, open_clip_loss
+from reference_peers import lightly_dcl, lightly_ntxent, open_clip_loss
 
 F64 = {"rtol": 1e-10, "atol": 1e-10}
 F32 = {"rtol": 1e-5, "atol": 1e-5}
@@ -86,6 +86,16 @@ def cases() -> dict[str, tuple[Callable[..., Any], Callable[..., Any], list[np.n
     out["lightly.NTXentLoss"] = (
         lambda u, v: lightly.NTXentLoss(0.4)(u, v),
         lambda u, v: lightly_ntxent(u, v, 0.4),
+        [z0, z1],
+    )
+    out["lightly.DCLLoss"] = (
+        lambda u, v: lightly.DCLLoss(0.2)(u, v),
+        lambda u, v: lightly_dcl(u, v, 0.2),
+        [z0, z1],
+    )
+    out["lightly.DCLWLoss"] = (
+        lambda u, v: lightly.DCLWLoss(0.2, sigma=0.7)(u, v),
+        lambda u, v: lightly_dcl(u, v, 0.2, 0.7),
         [z0, z1],
     )
     out["open_clip.ClipLoss"] = (
@@ -207,6 +217,12 @@ def test_constructors_mirror_the_installed_peers():
 def test_constructors_mirror_the_ported_peers():
     """lightly 1.5's and open_clip 3.x's parameters (from their source), less the left-out."""
     assert _parameters(lightly.NTXentLoss) == [("temperature", 0.5), ("gather_distributed", False)]
+    assert _parameters(lightly.DCLLoss) == [("temperature", 0.1), ("gather_distributed", False)]
+    assert _parameters(lightly.DCLWLoss) == [
+        ("temperature", 0.1),
+        ("sigma", 0.5),
+        ("gather_distributed", False),
+    ]
     assert _parameters(open_clip.ClipLoss) == [
         ("local_loss", False),
         ("gather_with_grad", False),

@@ -181,6 +181,8 @@ def _check_call(
         "labels" in tags,
         supervised,
         options.gather is not None,
+        options.decoupled,
+        options.decoupled_sigma,
     )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
     floats = {k: x for k, x in given.items() if k not in _TAGS}

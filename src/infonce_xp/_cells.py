@@ -56,6 +56,10 @@ class Problem(NamedTuple):
     # hidden there (the tiled execution: a tile's positives are then no mask); None: not there
     positive: Any  # (N, D): anchor i's own positive is row i, a column of its own; or None
     positives: str  # "own", "supcon" or "pairs"
+    decoupled: Any = False  # the own positive out of the denominator: False, True or "blocks"
+    parts: Any = None  # "blocks": the first column of each shared block (a paired block is
+    # the last part); None: one log-sum-exp over all the row's cells
+    weight: Any = None  # (N,): the decoupled positive term's weight per row; None: 1
 
 
 class Saved(NamedTuple):
@@ -98,10 +102,11 @@ def shared_cells(
     y: Any,
     cy: Any,
     lab: Any,
-) -> tuple[Any, Any]:
-    """Masks of one tile of shared logits (rows from ``row0``, columns from ``col0``; columns
-    past the shared block are padding if ``padded``). ``y``, ``cy``, ``lab``: the tile's labels
-    (or None)."""
+) -> tuple[Any, Any, Any]:
+    """``(hidden, positive, part)`` of one tile of shared logits (rows from ``row0``, columns
+    from ``col0``; columns past the shared block are padding if ``padded``). ``y``, ``cy``,
+    ``lab``: the tile's labels (or None). ``part``: each column's block where each block has
+    its own log-sum-exp (``decoupled="blocks"``), else None."""
     rows = xp.arange(z.shape[0], device=device(z))[:, None] + row0
     cols = xp.arange(z.shape[1], device=device(z))[None, :] + col0
     hidden = cols >= p.shared.shape[0] if padded else None
@@ -115,18 +120,25 @@ def shared_cells(
         same = y[:, None] == cy[None, :]
         if lab is not None:
             same = same & lab[None, :]
-    return _classify(xp, p.positives, hidden, own, same)
+    part = None
+    if p.parts is not None:  # the block of each column: how many blocks start at or before it
+        part = xp.zeros(cols.shape, dtype=xp.int32, device=device(z))
+        for first in p.parts[1:]:
+            part = part + xp.astype(cols >= first, xp.int32)
+    return (*_classify(xp, p.positives, hidden, own, same), part)
 
 
-def paired_cells(xp: Namespace, p: Problem, z: Array, y: Any, py: Any) -> tuple[Any, Any]:
-    """Masks of the paired logits (n, Mp) of some rows, with their labels (or None)."""
+def paired_cells(xp: Namespace, p: Problem, z: Array, y: Any, py: Any) -> tuple[Any, Any, Any]:
+    """Masks of the paired logits (n, Mp) of some rows, with their labels (or None), and
+    their part (see ``shared_cells``)."""
     same = None if y is None or py is None else y[:, None] == py
-    return _classify(xp, p.positives, None, None, same)
+    part = None if p.parts is None else len(p.parts)  # after the shared blocks
+    return (*_classify(xp, p.positives, None, None, same), part)
 
 
-def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any]:
+def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any, Any]:
     """Masks of the own positives' column (n, 1): each a positive."""
-    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z))
+    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z)), None
 
 
 # Statistics of a row, accumulated tile by tile ---------------------------------------------
@@ -156,12 +168,19 @@ def _exp(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
     return subtract_exp(xp, z, shift) if mine else xp.exp(z - shift)
 
 
-def _lse_update(xp: Namespace, top: Array, total: Array, z: Array, hidden: Any, mine: bool) -> Any:
-    """Online log-sum-exp: the running maximum and shifted sum, updated with the kept cells."""
+def _lse_update(
+    xp: Namespace, top: Array, total: Array, z: Array, hidden: Any, mine: bool, part: Any
+) -> Any:
+    """Online log-sum-exp: the running maximum and shifted sum, updated with the kept cells;
+    with ``part``, one per block (``top`` and ``total`` then (n, K), the cells (n, K, c))."""
+    if part is not None:
+        ks = xp.arange(top.shape[-1], device=device(z))[:, None]
+        hidden = _or(None if hidden is None else hidden[:, None, :], part[..., None, :] != ks)
+        z, mine = z[:, None, :], False
     kept = _hide(xp, z, hidden, mine)
     new = xp.maximum(top, row_max(xp, kept))
     shift = safe_shift(xp, new)
-    total = total * xp.exp(top - shift) + xp.sum(_exp(xp, kept, shift[:, None], mine), axis=-1)
+    total = total * xp.exp(top - shift) + xp.sum(_exp(xp, kept, shift[..., None], mine), axis=-1)
     return new, total
 
 
@@ -187,14 +206,18 @@ def first_pass(
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
     kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
     if ``mine``: see :func:`_hide`)."""
-    hidden, positive = masks
+    hidden, positive, part = masks
     top, total, zsum, count = stats
     if positive is not None:  # before z is written over
         zsum = zsum + _masked_sum(xp, positive, z)
         count = count + _count(xp, positive, z)
         if p.positives != "supcon":
             hidden = _or(hidden, positive)
-    top, total = _lse_update(xp, top, total, z, hidden, mine)
+    if p.parts is not None and part is None:  # the own positives' column: hidden anyway
+        part = 0
+    if isinstance(part, int):  # a paired block: a part of its own
+        part = xp.full((1, z.shape[-1]), part, dtype=xp.int32, device=device(z))
+    top, total = _lse_update(xp, top, total, z, hidden, mine, part)
     return top, total, zsum, count
 
 
@@ -231,6 +254,11 @@ def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
     """ "own"/"supcon": the loss rows, the row's positive count and the residual statistics."""
     top, total, zsum, count = stats
     has = count > 0
+    if p.decoupled is not False:  # LSE(negatives) - w z_p, an empty block's LSE taken as 0
+        lse = _lse(xp, top, total)
+        negatives = lse if lse.ndim == 1 else xp.sum(lse, axis=-1)
+        w = xp.ones_like(zsum) if p.weight is None else p.weight
+        return xp.where(has, negatives - w * zsum, xp.zeros_like(zsum)), count, (lse, w)
     if p.positives == "own":  # one positive: zsum is its logit
         lse_negatives = _lse(xp, top, total, -xp.inf)
         gap = lse_negatives - zsum
@@ -252,7 +280,14 @@ def response(
 ) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
     (written over ``z`` if ``mine``: see :func:`_hide`)."""
-    hidden, positive = masks
+    hidden, positive, part = masks
+    if p.decoupled is not False:  # exp(z - LSE) on the negatives, -w at the positive
+        lse, w = residual
+        shift = _part_shift(xp, lse, part)
+        out = _exp(xp, _hide(xp, z, _or(hidden, positive), mine), shift, mine)
+        if positive is None:
+            return out
+        return subtract_into(xp, out, xp.where(positive, w[:, None], xp.zeros_like(out)))
     if p.positives != "supcon":
         lse_negatives, sigmas = residual
         pull = None
@@ -269,6 +304,28 @@ def response(
         share = 1.0 / xp.where(count > 0, count, xp.ones_like(count))
         out = subtract_into(xp, out, xp.where(positive, share[:, None], xp.zeros_like(out)))
     return out
+
+
+def vmf_weights(xp: Namespace, anchor: Array, positive: Array, sigma: float) -> Array:
+    """DCLW's weights of the decoupled positive terms: ``2 - N softmax_i(s_ii / sigma)`` over
+    the N rows, ``s_ii`` the similarity of row i with its own positive (Yeh et al. 2022)."""
+    s = row_dot(xp, anchor, positive) / sigma
+    e = xp.exp(s - xp.max(s))
+    return 2.0 - s.shape[0] * (e / xp.sum(e))
+
+
+def _part_shift(xp: Namespace, lse: Array, part: Any) -> Array:
+    """Each cell's log-sum-exp: the row's (n, 1), or that of the cell's block, from the
+    blocks' (n, K) and the cells' ``part`` (see ``shared_cells``)."""
+    if lse.ndim == 1:
+        return safe_shift(xp, lse)[:, None]
+    lse = safe_shift(xp, lse)
+    if isinstance(part, int):
+        return lse[:, part : part + 1]
+    shift = lse[:, :1]
+    for k in range(1, lse.shape[-1] if part is not None else 1):
+        shift = xp.where(part == k, lse[:, k : k + 1], shift)
+    return shift
 
 
 # Blocks: the three kinds of candidate block ----------------------------------------------
@@ -307,10 +364,15 @@ def zeros(xp: Namespace, n: int, like: Array) -> Array:
     return xp.zeros((n,), dtype=like.dtype, device=device(like))
 
 
-def start(xp: Namespace, n: int, like: Array) -> tuple[Array, ...]:
-    """The statistics of rows that have met no cell yet."""
+def start(xp: Namespace, p: Problem, n: int, like: Array) -> tuple[Array, ...]:
+    """The statistics of rows that have met no cell yet: the running maximum and sum (n, K)
+    with a log-sum-exp per block (``p.parts``), else (n,); the positives' sum and count."""
     empty = zeros(xp, n, like)
-    return empty - xp.inf, empty, empty, empty
+    top = empty
+    if p.parts is not None:
+        k = len(p.parts) + (p.paired is not None)
+        top = xp.zeros((n, k), dtype=like.dtype, device=device(like))
+    return top - xp.inf, xp.zeros_like(top), empty, empty
 
 
 def finish(xp: Namespace, p: Problem, stats: Any, second: Any) -> Any:

@@ -27,7 +27,7 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
     if p.positive is not None:
         z = _cells.logits(xp, "own", scaled, p.positive)
         tiles.append(("own", z, _cells.own_cells(xp, z)))
-    stats = _cells.start(xp, scaled.shape[0], scaled)
+    stats = _cells.start(xp, p, scaled.shape[0], scaled)
     for _, z, masks in tiles:
         stats = _cells.first_pass(xp, p, stats, z, masks)
     rows, count, residual = _cells.finish(
@@ -41,7 +41,7 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
 def _one_pass(p: Problem) -> bool:
     """Whether ``_shared_only`` computes the direction: one shared block holds every cell, and
     the row's positives are all there (the own one, and same-class cells for "supcon")."""
-    if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0:
+    if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0 or p.decoupled:
         return False
     return p.positives == "supcon" or (p.positives == "own" and p.own is not None)
 
@@ -100,7 +100,7 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
 
 
 def _second(xp: Namespace, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
-    for _, z, (_, positive) in tiles:
+    for _, z, (_, positive, _) in tiles:
         sums = _cells.second_pass(xp, lse_negatives, sums, z, positive)
     return sums
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._arrays import device
-from ._cells import Problem
+from ._cells import Problem, vmf_weights
 from ._typing import Array, Namespace
 
 # Names of the arrays a call may hold. The ``all_*`` ones are gathered from every worker; the
@@ -34,6 +34,8 @@ class Config(NamedTuple):
     labelled: bool = False  # labels are given
     supervised: bool = False  # one set: anchors against each other, no own positive
     gathered: bool = False  # every worker's candidates are gathered
+    decoupled: bool | str = False  # the own positive out of the denominator (see Options)
+    decoupled_sigma: float | None = None  # DCLW's weights of the positive term
 
 
 class Direction(NamedTuple):
@@ -117,7 +119,7 @@ def problem(
     ``apart``: an own positive among the shared candidates is a column of its own too, and
     hidden among them (``Problem.twin``)."""
     y: Any = labels.get(LABELS) if config.labelled else None
-    parts, part_labels, own, hide, twin, start = [], [], None, None, None, 0
+    parts, part_labels, own, hide, twin, start, starts = [], [], None, None, None, 0, []
     for name, role in d.shared:
         block = units[name]
         if role == "own" and apart:
@@ -128,6 +130,7 @@ def problem(
             hide = offset + start
         parts.append(block)
         part_labels.append(labels.get(_labels_of(name)))
+        starts.append(start)
         start += block.shape[0]
     shared = None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
     shared_labels = labelled = None
@@ -145,6 +148,10 @@ def problem(
     positive = None if d.positive is None else units[d.positive]
     if twin is not None:
         positive = units[d.own_positive() or ""]
+    weight = None
+    if config.decoupled_sigma is not None and d.own_positive() is not None:
+        own_rows = units[d.own_positive() or ""]
+        weight = vmf_weights(xp, units[d.anchor], own_rows, config.decoupled_sigma)
     return Problem(
         units[d.anchor],
         shared,
@@ -158,4 +165,7 @@ def problem(
         twin,
         positive,
         config.positives,
+        config.decoupled,
+        tuple(starts) if config.decoupled == "blocks" else None,
+        weight,
     )

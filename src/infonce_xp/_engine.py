@@ -111,7 +111,7 @@ class Plan:
         fused = fusing and not traits(xp).lazy
         routes = []
         for d in directions(config):
-            names = None if config.labelled else d.one_positive()
+            names = None if config.labelled or config.decoupled else d.one_positive()
             if names and (config.chunk_size is None or (empty and d.anchor == QUERY)):
                 kernel = "fused" if fused else "plain"
                 routes.append(Route(d, kernel, (True, True, True), names))

@@ -21,6 +21,7 @@ from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 REDUCTIONS = ("mean", "sum", "none")
 NEGATIVE_MODES = ("unpaired", "paired")
 POSITIVES = ("own", "supcon", "pairs")
+DECOUPLED = (False, True, "blocks")
 # The checked options of recent function calls, by their arguments (Options are frozen): a loop
 # that calls info_nce with the same options checks them once.
 _RECENT: dict[Any, Options] = {}
@@ -163,6 +164,29 @@ chunk_size : int, optional
     logits at once, which is faster while they fit in memory."""
         ),
     )
+    decoupled: bool | str = field(
+        default=False,
+        metadata=_about(
+            """
+decoupled : {False, True, "blocks"}, default False
+    Decoupled contrastive learning (Yeh et al. 2022): each row's own positive leaves its
+    denominator, ``l_i = LSE(negatives) - w_i z_ip`` (with ``positives="own"``; a row
+    without negatives keeps only its positive term). True: one log-sum-exp over all the
+    row's negatives (the paper's DCL). "blocks": one per block of candidates (the keys, the
+    other queries, the explicit negatives), summed (lightly's ``DCLLoss``)."""
+        ),
+    )
+    decoupled_sigma: float | None = field(
+        default=None,
+        metadata=_about(
+            """
+decoupled_sigma : float, optional
+    With ``decoupled``, weight each row's positive term by DCLW's negative von Mises-Fisher
+    weight ``w_i = 2 - N softmax_i(s_ii / decoupled_sigma)`` over this call's (this
+    worker's) N rows, ``s_ii`` the cosine of the row with its own positive, held constant in
+    the gradient. None (the default): ``w_i = 1``."""
+        ),
+    )
     gather: Gather | None = field(
         default=None,
         metadata=_about(
@@ -207,6 +231,26 @@ gather : callable, optional
             if size < 1:
                 raise ValueError(f"chunk_size must be an int of at least 1; got {size!r}")
             object.__setattr__(self, "chunk_size", size)
+        if self.decoupled not in DECOUPLED or type(self.decoupled) not in (bool, str):
+            raise ValueError(
+                f"decoupled must be one of {DECOUPLED}; got {describe(self.decoupled)}"
+            )
+        sigma = self.decoupled_sigma
+        if sigma is not None:
+            if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+                raise TypeError(f"decoupled_sigma must be None or a number; got {describe(sigma)}")
+            if not 0 < sigma < math.inf:
+                raise ValueError(f"decoupled_sigma must be a finite number > 0; got {sigma!r}")
+            if self.decoupled is False:
+                raise ValueError(
+                    "decoupled_sigma weights the positive term of the decoupled loss: it needs "
+                    f"decoupled=True or 'blocks'; got decoupled={self.decoupled!r}"
+                )
+        if self.decoupled is not False and self.positives != "own":
+            raise ValueError(
+                "decoupled leaves each row's own positive out of its denominator: it needs "
+                f"positives='own'; got positives={self.positives!r}"
+            )
         if self.gather is not None and not callable(self.gather):
             raise TypeError(f"gather must be None or a callable; got {describe(self.gather)}")
         if self.gather is not None and not isinstance(self.gather, Gather):

@@ -110,7 +110,7 @@ def collect(
 
 # The tiled execution ----------------------------------------------------------------------
 
-_ROW_FIELDS = ("labels", "paired", "paired_labels", "positive")
+_ROW_FIELDS = ("labels", "paired", "paired_labels", "positive", "weight")
 
 
 def _row_blocks(
@@ -127,8 +127,8 @@ def _row_blocks(
 
 
 def _unpack(p: Problem, x: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``(scaled, row0, labels, paired, paired labels, positive, *extra)`` of a row block, None
-    where absent."""
+    """``(scaled, row0, labels, paired, paired labels, positive, weight, *extra)`` of a row
+    block, None where absent."""
     it = iter(x)
     scaled_i, row0 = next(it), next(it)
     present = [next(it) if getattr(p, name) is not None else None for name in _ROW_FIELDS]
@@ -230,8 +230,9 @@ def forward(
 
             return each_tile(rows, visit, sums)
 
-        stats = each_tile(rows, first, start(xp, rows[0].shape[0], rows[0]))
-        out, count, residual = finish(xp, p, stats, second)
+        stats = each_tile(rows, first, start(xp, p, rows[0].shape[0], rows[0]))
+        mine = p if p.weight is None else p._replace(weight=rows[6])  # the block's weights
+        out, count, residual = finish(xp, mine, stats, second)
         return None, (out, count, *residual)
 
     _, out = scan(row_block, None, _row_blocks(xp, p, p.anchor * scale, chunk))
@@ -259,7 +260,7 @@ def backward(
     def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
         rows = _unpack(p, x)
         scaled_i, row0, y = rows[:3]
-        anchor_i, weight_i, *residual = rows[6:]
+        anchor_i, weight_i, *residual = rows[7:]
         weighted_i = anchor_i * weight_i[:, None]
         pulled = xp.zeros_like(anchor_i)
         if key_blocks is not None:
