@@ -55,6 +55,13 @@ class Case:
     in_batch: bool | None = None
     supervised: bool = False
     decoupled: bool | str = False  # the decoupled loss (DCL), checked by the recipes' reference
+    share: bool = False  # paired negatives shared by every query (gathered)
+    hardness: str | None = None  # hardness_mode, with strength 2
+
+    @property
+    def recipe(self) -> bool:
+        """Whether the recipes' reference checks this case (the seed has no such option)."""
+        return self.labels or bool(self.decoupled) or self.share or self.hardness is not None
 
     def options(self) -> dict[str, Any]:
         """The loss's keyword options for this case."""
@@ -65,12 +72,15 @@ class Case:
                 "chunk_size": self.chunk_size,
             }
         recipe = {}
-        if self.labels or self.decoupled:
+        if self.recipe:
             recipe = {
                 "positives": self.positives,
                 "same_view_negatives": self.same_view,
                 "in_batch_negatives": self.in_batch,
                 "decoupled": self.decoupled,
+                "share_negatives": self.share,
+                "hardness_mode": self.hardness,
+                "hardness_strength": 2.0 if self.hardness else 0.0,
             }
         return {
             "reduction": self.reduction,
@@ -140,6 +150,12 @@ CASES = {
     "decoupled": Case(decoupled=True, symmetric=True, same_view=True, learn=True),
     "decoupled-blocks-chunked": Case(
         "unpaired", decoupled="blocks", in_batch=True, chunk_size=2, reduction="none"
+    ),
+    "shared-hardness": Case(
+        "paired", in_batch=True, share=True, hardness="in_batch_negatives", learn=True
+    ),
+    "shared-hard-chunked": Case(
+        "paired", in_batch=True, share=True, hardness="hard_negatives", chunk_size=2
     ),
 }
 
@@ -246,7 +262,7 @@ def recipe_reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[
 def reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[str, np.ndarray]:
     """The seed (info-nce-pytorch) on the whole batch: loss and float64 autograd gradients;
     for the recipes, ``recipe_reference``."""
-    if case.labels or case.decoupled:
+    if case.recipe:
         return recipe_reference(case, inputs, k)
     import torch
     from info_nce import info_nce as seed

@@ -62,6 +62,18 @@ def vmf_weights(anchors, keys, sigma):
     return 2 - len(anchors) * e / e.sum()
 
 
+def _hard(hardness_mode, block, is_own, mine):
+    """Whether hardness weighs a candidate of the query direction: ``block`` 0 keys, 1 other
+    anchors, 2 explicit negatives; ``mine``: a negative is the row's own (paired) or not."""
+    if block == 1 or is_own:
+        return False
+    if hardness_mode == "in_batch_negatives":
+        return block == 0 or not mine
+    if hardness_mode == "hard_negatives":
+        return block == 2 and mine
+    return hardness_mode == "all_negatives"
+
+
 def _direction(
     anchors,
     keys,
@@ -75,37 +87,55 @@ def _direction(
     positives,
     decoupled=False,
     decoupled_sigma=None,
+    share_negatives=False,
+    hardness=None,
 ):
-    """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i])."""
+    """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i]).
+
+    ``share_negatives``: paired negatives (N, M, D) are every row's candidates, row j's M its
+    own; ``hardness``: (mode, alpha) adds alpha * s to the chosen negatives' logits.
+    """
     n = len(anchors)
     rows, pairs = np.zeros(n), np.zeros(n, dtype=int)
     no_label = [None] * n
     weights = vmf_weights(anchors, keys, decoupled_sigma)
     for i in range(n):
-        candidates = []  # (vector, is the own positive, label or None, block)
+        candidates = []  # (vector, is the own positive, label or None, block, own negative)
         if in_batch:
             key_labels = no_label if labels is None else labels
-            candidates += [(keys[j], j == i, key_labels[j], 0) for j in range(n)]
+            candidates += [(keys[j], j == i, key_labels[j], 0, False) for j in range(n)]
         else:
-            candidates.append((keys[i], True, None, 0))
+            candidates.append((keys[i], True, None, 0, False))
         if same_view is not None:  # the anchor itself is hidden
             view_labels = no_label if labels is None else labels
-            candidates += [(same_view[j], False, view_labels[j], 1) for j in range(n) if j != i]
+            candidates += [
+                (same_view[j], False, view_labels[j], 1, False) for j in range(n) if j != i
+            ]
         if negatives is not None:
-            row_negatives = negatives if negatives.ndim == 2 else negatives[i]
-            row_labels = [None] * len(row_negatives)
-            if negative_labels is not None:
-                row_labels = negative_labels if negative_labels.ndim == 1 else negative_labels[i]
-            candidates += [(v, False, lab, 2) for v, lab in zip(row_negatives, row_labels)]
-        z = np.array([float(anchors[i] @ v) / t for v, _, _, _ in candidates])
-        own = np.array([is_own for _, is_own, _, _ in candidates])
+            if share_negatives:
+                groups = range(len(negatives))
+            else:
+                groups = [None] if negatives.ndim == 2 else [i]
+            for g in groups:
+                row_negatives = negatives if g is None else negatives[g]
+                row_labels = [None] * len(row_negatives)
+                if negative_labels is not None:
+                    row_labels = negative_labels if g is None else negative_labels[g]
+                candidates += [
+                    (v, False, lab, 2, g == i) for v, lab in zip(row_negatives, row_labels)
+                ]
+        z = np.array([float(anchors[i] @ v) / t for v, _, _, _, _ in candidates])
+        if hardness is not None:
+            boost = [_hard(hardness[0], b, own, mine) for _, own, _, b, mine in candidates]
+            z = np.where(boost, z + hardness[1] * z * t, z)
+        own = np.array([is_own for _, is_own, _, _, _ in candidates])
         same = np.array(
             [
                 not is_own and labels is not None and lab is not None and lab == labels[i]
-                for _, is_own, lab, _ in candidates
+                for _, is_own, lab, _, _ in candidates
             ]
         )
-        block = np.array([b for _, _, _, b in candidates])
+        block = np.array([b for _, _, _, b, _ in candidates])
         rows[i], pairs[i] = _row_loss(z, own, same, positives, decoupled, block, weights[i])
     return rows, pairs
 
@@ -126,6 +156,9 @@ def recipe_rows(
     normalize=True,
     decoupled=False,
     decoupled_sigma=None,
+    share_negatives=False,
+    hardness_mode=None,
+    hardness_strength=0.0,
 ):
     """Per-row losses (N,) and the total number of positive pairs, in float64.
 
@@ -148,6 +181,7 @@ def recipe_rows(
         "decoupled": decoupled,
         "decoupled_sigma": decoupled_sigma,
     }
+    hardness = None if hardness_mode is None else (hardness_mode, hardness_strength)
     rows, pairs = _direction(
         q,
         k,
@@ -156,6 +190,8 @@ def recipe_rows(
         labels,
         negative_labels,
         in_batch=in_batch,
+        share_negatives=share_negatives,
+        hardness=hardness,
         **common,
     )
     if not symmetric:

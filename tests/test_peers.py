@@ -47,6 +47,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 ST_VARIANTS = {
     "query_to_doc": {},
+    "hardness in-batch": {"hardness_mode": "in_batch_negatives", "hardness_strength": 5.0},
+    "hardness hard": {"hardness_mode": "hard_negatives", "hardness_strength": 5.0},
+    "hardness all+query_to_query": {
+        "directions": ("query_to_doc", "query_to_query"),
+        "hardness_mode": "all_negatives",
+        "hardness_strength": 2.0,
+    },
     "joint+query_to_query": {
         "directions": ("query_to_doc", "query_to_query"),
         "partition_mode": "joint",
@@ -315,7 +322,6 @@ def test_bad_call_values_name_the_argument():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"hardness_mode": "hard_negatives", "hardness_strength": 5.0},
         {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "joint"},
         {"directions": ("query_to_doc", "doc_to_doc")},
     ],

@@ -228,6 +228,41 @@ def test_hard_negatives_against_mnrl(columns, dtype):
     np.testing.assert_allclose(got, recipe_loss(q, k, negatives, symmetric=True, **options), **tol)
 
 
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("columns", [0, 1, 3])
+@pytest.mark.parametrize("mode", ["in_batch_negatives", "hard_negatives", "all_negatives"])
+def test_hardness_against_mnrl(columns, mode):
+    """ST's hardness weighting is the reference's ``hardness_mode`` with the hard-negative
+    columns as shared paired negatives (row i's own known)."""
+    q, k, _, paired, _, _ = data(m=3, seed=7)
+    hard = [paired[:, c] for c in range(columns)]
+    negatives = paired[:, :columns] if columns else None
+    peer = _mnrl(0.05, hardness_mode=mode, hardness_strength=4.0)
+    got = peer.compute_loss_from_embeddings(_torch(q, k, *hard, dtype="float64"), None).item()
+    options = {"hardness_mode": mode, "hardness_strength": 4.0, "share_negatives": True}
+    expected = recipe_loss(
+        q,
+        k,
+        negatives,
+        in_batch_negatives=True,
+        temperature=0.05,
+        negative_mode="paired",
+        **options,
+    )
+    np.testing.assert_allclose(got, expected, **F64)
+    plain = recipe_loss(
+        q,
+        k,
+        negatives,
+        in_batch_negatives=True,
+        temperature=0.05,
+        negative_mode="paired",
+        share_negatives=True,
+    )
+    if mode != "hard_negatives" or columns:
+        assert abs(float(expected) - float(plain)) > 1e-3  # the weighting changes the loss
+
+
 # The reference's own edge cases ----------------------------------------------------------
 
 

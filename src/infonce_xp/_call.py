@@ -170,6 +170,16 @@ def _check_call(
             f"in_batch_negatives={options.in_batch_negatives!r}"
         )
     _check_labels(xp, named, tags, mode)
+    hardness = None
+    if options.hardness_mode is not None and options.hardness_strength > 0:
+        hardness = (options.hardness_mode, float(options.hardness_strength))
+        if options.hardness_mode == "hard_negatives" and negative_keys is not None:
+            if mode != "paired":
+                raise ValueError(
+                    "hardness_mode='hard_negatives' weighs each row's own negatives: it needs "
+                    "negative_mode='paired' (with share_negatives=True to share them); got "
+                    f"unpaired negative_keys of shape {tuple(negative_keys.shape)}"
+                )
     config = _directions.Config(
         "in-batch" if negative_keys is None else mode,
         options.symmetric and not supervised,
@@ -181,6 +191,8 @@ def _check_call(
         "labels" in tags,
         supervised,
         options.gather is not None,
+        options.share_negatives and mode == "paired" and negative_keys is not None,
+        hardness,
         options.decoupled,
         options.decoupled_sigma,
     )
@@ -282,7 +294,7 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
         pairs.append((_directions.ALL_LABELS, "labels"))
     for everyone, mine in pairs:
         arrays[everyone] = _gather(gather, arrays[mine], mine)
-    if config.mode == "unpaired":  # the local negatives are used only through the gathered ones
+    if config.mode == "unpaired" or config.share:  # used only through the gathered ones
         for everyone, mine in (
             (_directions.ALL_NEGATIVES, "negative_keys"),
             (_directions.ALL_NEGATIVE_LABELS, "negative_labels"),

@@ -60,6 +60,9 @@ class Problem(NamedTuple):
     parts: Any = None  # "blocks": the first column of each shared block (a paired block is
     # the last part); None: one log-sum-exp over all the row's cells
     weight: Any = None  # (N,): the decoupled positive term's weight per row; None: 1
+    hardness: Any = None  # 1 + alpha / scale: the chosen cells' logits are multiplied by it
+    hard: Any = None  # the chosen cells: ((start, stop, group size, row offset, rule) of shared
+    # columns, see _directions._HARD; whether every paired cell), or None
 
 
 class Saved(NamedTuple):
@@ -102,11 +105,12 @@ def shared_cells(
     y: Any,
     cy: Any,
     lab: Any,
-) -> tuple[Any, Any, Any]:
-    """``(hidden, positive, part)`` of one tile of shared logits (rows from ``row0``, columns
-    from ``col0``; columns past the shared block are padding if ``padded``). ``y``, ``cy``,
-    ``lab``: the tile's labels (or None). ``part``: each column's block where each block has
-    its own log-sum-exp (``decoupled="blocks"``), else None."""
+) -> tuple[Any, Any, Any, Any]:
+    """``(hidden, positive, part, hard)`` of one tile of shared logits (rows from ``row0``,
+    columns from ``col0``; columns past the shared block are padding if ``padded``). ``y``,
+    ``cy``, ``lab``: the tile's labels (or None). ``part``: each column's block where each
+    block has its own log-sum-exp (``decoupled="blocks"``), else None. ``hard``: the cells
+    whose logits hardness weighs (see :func:`harden`), or None."""
     rows = xp.arange(z.shape[0], device=device(z))[:, None] + row0
     cols = xp.arange(z.shape[1], device=device(z))[None, :] + col0
     hidden = cols >= p.shared.shape[0] if padded else None
@@ -125,20 +129,38 @@ def shared_cells(
         part = xp.zeros(cols.shape, dtype=xp.int32, device=device(z))
         for first in p.parts[1:]:
             part = part + xp.astype(cols >= first, xp.int32)
-    return (*_classify(xp, p.positives, hidden, own, same), part)
+    hidden, positive = _classify(xp, p.positives, hidden, own, same)
+    return hidden, positive, part, _hard(xp, p, rows, cols, positive)
 
 
-def paired_cells(xp: Namespace, p: Problem, z: Array, y: Any, py: Any) -> tuple[Any, Any, Any]:
-    """Masks of the paired logits (n, Mp) of some rows, with their labels (or None), and
-    their part (see ``shared_cells``)."""
+def _hard(xp: Namespace, p: Problem, rows: Array, cols: Array, positive: Any) -> Any:
+    """The shared cells whose logits hardness weighs (never a positive), or None."""
+    if p.hard is None:
+        return None
+    hard = None
+    for first, stop, size, offset, rule in p.hard[0]:
+        chosen = (cols >= first) & (cols < stop)
+        if rule != "all":  # a grouped block: is the column in the row's own group?
+            mine = (cols - first) // size == rows + offset
+            chosen = chosen & (mine if rule == "own" else ~mine)
+        hard = _or(hard, chosen)
+    return hard if hard is None or positive is None else hard & ~positive
+
+
+def paired_cells(xp: Namespace, p: Problem, z: Array, y: Any, py: Any) -> tuple[Any, Any, Any, Any]:
+    """Masks of the paired logits (n, Mp) of some rows, with their labels (or None), their
+    part and their hard cells (see ``shared_cells``)."""
     same = None if y is None or py is None else y[:, None] == py
     part = None if p.parts is None else len(p.parts)  # after the shared blocks
-    return (*_classify(xp, p.positives, None, None, same), part)
+    hard = None
+    if p.hard is not None and p.hard[1]:
+        hard = xp.ones(z.shape, dtype=xp.bool, device=device(z))
+    return (*_classify(xp, p.positives, None, None, same), part, hard)
 
 
-def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any, Any]:
+def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any, Any, Any]:
     """Masks of the own positives' column (n, 1): each a positive."""
-    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z)), None
+    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z)), None, None
 
 
 # Statistics of a row, accumulated tile by tile ---------------------------------------------
@@ -200,13 +222,22 @@ def _or(a: Any, b: Any) -> Any:
     return a if b is None else b if a is None else a | b
 
 
+def harden(xp: Namespace, p: Problem, z: Array, hard: Any) -> Array:
+    """The logits with hardness weighting: ``z + alpha * s`` on the hard cells, ``s = z / scale``
+    their similarity, held constant in the gradient. The gradient needs nothing else: the
+    responses are those of the weighted logits, and each logit's derivative in the
+    similarity (and in the scale) is the unweighted one's."""
+    return z if hard is None else xp.where(hard, z * p.hardness, z)
+
+
 def first_pass(
     xp: Namespace, p: Problem, stats: tuple[Array, ...], z: Array, masks: Any, mine: bool = False
 ) -> Any:
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
     kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
     if ``mine``: see :func:`_hide`)."""
-    hidden, positive, part = masks
+    hidden, positive, part, hard = masks
+    z = harden(xp, p, z, hard)
     top, total, zsum, count = stats
     if positive is not None:  # before z is written over
         zsum = zsum + _masked_sum(xp, positive, z)
@@ -228,7 +259,8 @@ def _sigmoid(xp: Namespace, x: Array) -> Array:
 def second_pass(
     xp: Namespace, lse_negatives: Array, stats: tuple[Array, Array], z: Array, positive: Any
 ) -> tuple[Array, Array]:
-    """ "pairs": update ``(sum of the pair terms, sum of their sigmoids)`` with one tile."""
+    """ "pairs": update ``(sum of the pair terms, sum of their sigmoids)`` with one tile
+    (positives only: hardness never weighs them)."""
     if positive is None:
         return stats
     gap = lse_negatives[:, None] - z
@@ -280,7 +312,8 @@ def response(
 ) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
     (written over ``z`` if ``mine``: see :func:`_hide`)."""
-    hidden, positive, part = masks
+    hidden, positive, part, hard = masks
+    z = harden(xp, p, z, hard)
     if p.decoupled is not False:  # exp(z - LSE) on the negatives, -w at the positive
         lse, w = residual
         shift = _part_shift(xp, lse, part)

@@ -41,7 +41,9 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
 def _one_pass(p: Problem) -> bool:
     """Whether ``_shared_only`` computes the direction: one shared block holds every cell, and
     the row's positives are all there (the own one, and same-class cells for "supcon")."""
-    if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0 or p.decoupled:
+    if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0:
+        return False
+    if p.decoupled or p.hard is not None:
         return False
     return p.positives == "supcon" or (p.positives == "own" and p.own is not None)
 
@@ -100,7 +102,7 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
 
 
 def _second(xp: Namespace, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
-    for _, z, (_, positive, _) in tiles:
+    for _, z, (_, positive, _, _) in tiles:
         sums = _cells.second_pass(xp, lse_negatives, sums, z, positive)
     return sums
 

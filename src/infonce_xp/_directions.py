@@ -34,6 +34,8 @@ class Config(NamedTuple):
     labelled: bool = False  # labels are given
     supervised: bool = False  # one set: anchors against each other, no own positive
     gathered: bool = False  # every worker's candidates are gathered
+    share: bool = False  # paired negatives shared by every query, each row's own known
+    hardness: tuple[str, float] | None = None  # (hardness_mode, hardness_strength), or None
     decoupled: bool | str = False  # the own positive out of the denominator (see Options)
     decoupled_sigma: float | None = None  # DCLW's weights of the positive term
 
@@ -41,7 +43,8 @@ class Config(NamedTuple):
 class Direction(NamedTuple):
     """One anchors-against-candidates problem, by array name. ``shared`` lists the blocks of
     shared candidates with their role: "own" (anchor i's own positive is its row offset + i),
-    "self" (its row offset + i is anchor i itself, hidden) or "plain"."""
+    "self" (its row offset + i is anchor i itself, hidden), "grouped" (paired negatives
+    (N, M, D), shared: row offset + i's M are anchor i's own) or "plain"."""
 
     anchor: str
     positive: str | None  # an own positive outside the shared blocks: row i for anchor i
@@ -88,7 +91,9 @@ def directions(config: Config) -> tuple[Direction, ...]:
         shared.append((queries, "self"))
     if config.mode == "unpaired":
         shared.append((ALL_NEGATIVES if gathered else NEGATIVES, "plain"))
-    paired = NEGATIVES if config.mode == "paired" else None
+    if config.share:
+        shared.append((ALL_NEGATIVES if gathered else NEGATIVES, "grouped"))
+    paired = NEGATIVES if config.mode == "paired" and not config.share else None
     out = [Direction(QUERY, None if config.in_batch else KEY, tuple(shared), paired)]
     if config.symmetric:
         back = [(queries, "own")] + ([(keys, "self")] if config.same_view else [])
@@ -105,6 +110,15 @@ def _labels_of(name: str) -> str:
     return NEGATIVE_LABELS if name == NEGATIVES else LABELS
 
 
+# Which cells of a block hardness weighs, by hardness_mode and the block's role: "all" its
+# cells, "others" all but the row's own group, "own" the row's own group, absent: none.
+_HARD = {
+    "in_batch_negatives": {"own": "all", "grouped": "others", "plain": "all"},
+    "hard_negatives": {"grouped": "own", "paired": "all"},
+    "all_negatives": {"own": "all", "grouped": "all", "plain": "all", "paired": "all"},
+}
+
+
 def problem(
     xp: Namespace,
     config: Config,
@@ -113,15 +127,25 @@ def problem(
     labels: dict[str, Array],
     offset: Any,
     apart: bool = False,
+    scale: Any = 1.0,
 ) -> Problem:
     """The blocks of a direction as one :class:`._cells.Problem`: shared blocks concatenated
     (with their labels, and which of them carry one), paired and own positive as they are.
     ``apart``: an own positive among the shared candidates is a column of its own too, and
-    hidden among them (``Problem.twin``)."""
+    hidden among them (``Problem.twin``). ``scale``: the inverse temperature, which the
+    hardness weighting's factor holds."""
     y: Any = labels.get(LABELS) if config.labelled else None
     parts, part_labels, own, hide, twin, start, starts = [], [], None, None, None, 0, []
+    rules = _HARD[config.hardness[0]] if config.hardness and d.anchor == QUERY else {}
+    hard = []
     for name, role in d.shared:
         block = units[name]
+        size = 0
+        if role == "grouped":  # (N, M, D): row i's own M in a row
+            size = block.shape[1]
+            block = xp.reshape(block, (block.shape[0] * size, block.shape[2]))
+        if role in rules:
+            hard.append((start, start + block.shape[0], size, offset, rules[role]))
         if role == "own" and apart:
             twin = offset + start
         elif role == "own":
@@ -129,7 +153,10 @@ def problem(
         elif role == "self":
             hide = offset + start
         parts.append(block)
-        part_labels.append(labels.get(_labels_of(name)))
+        lab = labels.get(_labels_of(name))
+        if role == "grouped" and lab is not None:
+            lab = xp.reshape(lab, (block.shape[0],))
+        part_labels.append(lab)
         starts.append(start)
         start += block.shape[0]
     shared = None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
@@ -148,6 +175,9 @@ def problem(
     positive = None if d.positive is None else units[d.positive]
     if twin is not None:
         positive = units[d.own_positive() or ""]
+    factor = None
+    if rules:  # z + alpha * s, with s = z / scale, on the cells that the rules choose
+        factor = 1.0 + config.hardness[1] / scale  # type: ignore[index]
     weight = None
     if config.decoupled_sigma is not None and d.own_positive() is not None:
         own_rows = units[d.own_positive() or ""]
@@ -168,4 +198,6 @@ def problem(
         config.decoupled,
         tuple(starts) if config.decoupled == "blocks" else None,
         weight,
+        factor,
+        (tuple(hard), "paired" in rules) if factor is not None else None,
     )

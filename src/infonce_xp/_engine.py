@@ -11,6 +11,7 @@ what the forward chose.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from . import _cells, _core, _dense, _stacks, _tiled
@@ -111,7 +112,8 @@ class Plan:
         fused = fusing and not traits(xp).lazy
         routes = []
         for d in directions(config):
-            names = None if config.labelled or config.decoupled else d.one_positive()
+            hardened = config.hardness is not None and d.anchor == QUERY
+            names = None if config.labelled or config.decoupled or hardened else d.one_positive()
             if names and (config.chunk_size is None or (empty and d.anchor == QUERY)):
                 kernel = "fused" if fused else "plain"
                 routes.append(Route(d, kernel, (True, True, True), names))
@@ -318,10 +320,10 @@ class Plan:
         g_shared, g_paired, g_positive = blocks
         start = 0
         for name, _ in d.shared:
-            rows = step.units[name].shape[0]
-            out.append(
-                (name, g_shared[start : start + rows, ...] if len(d.shared) > 1 else g_shared)
-            )
+            shape = step.units[name].shape  # (N, M, D) for paired negatives that are shared
+            rows = math.prod(shape[:-1])
+            g = g_shared[start : start + rows, ...] if len(d.shared) > 1 else g_shared
+            out.append((name, g if len(shape) == 2 else xp.reshape(g, shape)))
             start += rows
         if d.paired is not None:
             out.append((d.paired, g_paired))
@@ -333,7 +335,7 @@ class Plan:
         """A cells route's arrays; tiled, its own positives are a column of their own."""
         apart = route.kernel == "tiled"
         d, config = route.direction, self.config
-        return problem(step.xp, config, d, step.units, step.arrays, step.offset, apart)
+        return problem(step.xp, config, d, step.units, step.arrays, step.offset, apart, step.scale)
 
     @staticmethod
     def _plain(step: _Step, route: Route) -> tuple[tuple[Array, ...], Any]:

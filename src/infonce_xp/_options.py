@@ -22,6 +22,7 @@ REDUCTIONS = ("mean", "sum", "none")
 NEGATIVE_MODES = ("unpaired", "paired")
 POSITIVES = ("own", "supcon", "pairs")
 DECOUPLED = (False, True, "blocks")
+HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
 # The checked options of recent function calls, by their arguments (Options are frozen): a loop
 # that calls info_nce with the same options checks them once.
 _RECENT: dict[Any, Options] = {}
@@ -164,6 +165,37 @@ chunk_size : int, optional
     logits at once, which is faster while they fit in memory."""
         ),
     )
+    share_negatives: bool = field(
+        default=False,
+        metadata=_about(
+            """
+share_negatives : bool, default False
+    With ``negative_mode="paired"``, score every query against every row's negatives
+    (N x M of them, and every worker's with ``gather``), each row's own M known as its own
+    (sentence-transformers' hard-negative columns: see ``hardness_mode``)."""
+        ),
+    )
+    hardness_mode: str | None = field(
+        default=None,
+        metadata=_about(
+            """
+hardness_mode : {None, "in_batch_negatives", "hard_negatives", "all_negatives"}, optional
+    Hardness weighting (Lan et al. 2025, as sentence-transformers' MultipleNegativesRankingLoss):
+    the logits of the query direction's chosen negatives gain
+    ``hardness_strength * stop_gradient(similarity)``, so that harder negatives weigh more in
+    the denominator. "in_batch_negatives": every candidate that is not the row's own (the
+    other rows' keys and negatives); "hard_negatives": the row's own negatives (paired, or
+    its own among ``share_negatives``); "all_negatives": both. None (the default): off."""
+        ),
+    )
+    hardness_strength: float = field(
+        default=0.0,
+        metadata=_about(
+            """
+hardness_strength : float, default 0.0
+    The weight ``alpha >= 0`` of ``hardness_mode`` (0: no effect)."""
+        ),
+    )
     decoupled: bool | str = field(
         default=False,
         metadata=_about(
@@ -231,6 +263,24 @@ gather : callable, optional
             if size < 1:
                 raise ValueError(f"chunk_size must be an int of at least 1; got {size!r}")
             object.__setattr__(self, "chunk_size", size)
+        if not isinstance(self.share_negatives, bool):
+            raise TypeError(
+                f"share_negatives must be True or False; got {describe(self.share_negatives)}"
+            )
+        if self.share_negatives and self.negative_mode != "paired":
+            raise ValueError(
+                "share_negatives shares each row's own negatives with every query: it needs "
+                f"negative_mode='paired'; got negative_mode={self.negative_mode!r}"
+            )
+        if self.hardness_mode not in HARDNESS_MODES:
+            raise ValueError(
+                f"hardness_mode must be one of {HARDNESS_MODES}; got {describe(self.hardness_mode)}"
+            )
+        alpha = self.hardness_strength
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"hardness_strength must be a number; got {describe(alpha)}")
+        if not 0 <= alpha < math.inf:
+            raise ValueError(f"hardness_strength must be a finite number >= 0; got {alpha!r}")
         if self.decoupled not in DECOUPLED or type(self.decoupled) not in (bool, str):
             raise ValueError(
                 f"decoupled must be one of {DECOUPLED}; got {describe(self.decoupled)}"

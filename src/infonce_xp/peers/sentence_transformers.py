@@ -37,8 +37,10 @@ class MultipleNegativesRankingLoss:
 
     Each anchor (query) is scored against every positive (document) of the batch and every
     hard negative of every column, its own positive the target: ``info_nce(anchor, positive,
-    concat(negatives), temperature=1 / scale, in_batch_negatives=True)``. The call takes the
-    columns' embeddings, ``loss(anchor, positive, *negatives)``, or as sentence-transformers'
+    stack(negatives, axis=1), temperature=1 / scale, negative_mode="paired",
+    share_negatives=True, in_batch_negatives=True)`` (row i's hard negatives are its own, for
+    ``hardness_mode``). The call takes the columns' embeddings, ``loss(anchor, positive,
+    *negatives)``, or as sentence-transformers'
     ``compute_loss_from_embeddings([anchor, positive, *negatives], labels)`` does.
 
     Parameters
@@ -56,8 +58,9 @@ class MultipleNegativesRankingLoss:
     partition_mode : {"joint", "per_direction"}, default "joint"
         One log-sum-exp over all directions' candidates, or one per direction, averaged.
     hardness_mode : {None, "in_batch_negatives", "hard_negatives", "all_negatives"}
-        Which negatives hardness weighting applies to; only None (or a strength of 0) is
-        supported yet.
+        Which negatives hardness weighting applies to (the core's ``hardness_mode``): the
+        query-to-document logits of those negatives gain
+        ``hardness_strength * stop_gradient(cosine)``.
     hardness_strength : float, default 0.0
         The hardness weight; must be >= 0.
     chunk_size : int, optional
@@ -119,11 +122,6 @@ class MultipleNegativesRankingLoss:
             raise ValueError(
                 f"hardness_strength must be a number >= 0; got {describe(hardness_strength)}"
             )
-        if hardness_mode is not None and hardness_strength > 0:
-            raise ValueError(
-                "hardness weighting is not supported yet by infonce_xp.peers; got "
-                f"hardness_mode={hardness_mode!r}, hardness_strength={hardness_strength!r}"
-            )
         options = _SUPPORTED.get((tuple(sorted(set(directions))), partition_mode))
         if options is None:
             raise ValueError(
@@ -134,7 +132,14 @@ class MultipleNegativesRankingLoss:
         self.scale, self.gather_across_devices = scale, gather_across_devices
         self.directions, self.partition_mode = directions, partition_mode
         self.hardness_mode, self.hardness_strength = hardness_mode, hardness_strength
-        self._options: dict[str, Any] = {"in_batch_negatives": True, "chunk_size": chunk_size}
+        self._options: dict[str, Any] = {
+            "in_batch_negatives": True,
+            "negative_mode": "paired",
+            "share_negatives": True,
+            "hardness_mode": hardness_mode,
+            "hardness_strength": hardness_strength,
+            "chunk_size": chunk_size,
+        }
         self._options |= options
         self._loss = InfoNCE(1.0 / scale, **self._options)
 
@@ -172,7 +177,8 @@ class MultipleNegativesRankingLoss:
 
 
 def _columns(anchor: Array, negatives: Sequence[Array]) -> Array | None:
-    """The hard-negative columns as one (C·N, D) block (every anchor's candidates), or None."""
+    """The hard-negative columns as paired negatives (N, C, D): row i's are anchor i's own, and
+    ``share_negatives`` makes them every anchor's candidates."""
     if not negatives:
         return None
     for c, column in enumerate(negatives):
@@ -181,6 +187,4 @@ def _columns(anchor: Array, negatives: Sequence[Array]) -> Array | None:
                 f"negatives[{c}] must have the anchor's shape {tuple(anchor.shape)}; got "
                 f"{describe(column)}"
             )
-    if len(negatives) == 1:
-        return negatives[0]
-    return array_namespace(*negatives).concat(list(negatives), axis=0)
+    return array_namespace(*negatives).stack(list(negatives), axis=1)
