@@ -213,5 +213,5 @@ def test_bad_options(options, error, match):
 
 def test_hard_negatives_need_each_rows_own():
     (q, k, neg), _ = problem("unpaired")
-    with pytest.raises(ValueError, match="hard_negatives.*negative_mode='paired'"):
+    with pytest.raises(ValueError, match=r"hard_negatives.*negative_mode='paired'"):
         infonce_xp.info_nce(q, k, neg, hardness_mode="hard_negatives", hardness_strength=1.0)

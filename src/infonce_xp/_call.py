@@ -173,13 +173,13 @@ def _check_call(
     hardness = None
     if options.hardness_mode is not None and options.hardness_strength > 0:
         hardness = (options.hardness_mode, float(options.hardness_strength))
-        if options.hardness_mode == "hard_negatives" and negative_keys is not None:
-            if mode != "paired":
-                raise ValueError(
-                    "hardness_mode='hard_negatives' weighs each row's own negatives: it needs "
-                    "negative_mode='paired' (with share_negatives=True to share them); got "
-                    f"unpaired negative_keys of shape {tuple(negative_keys.shape)}"
-                )
+        own_needed = options.hardness_mode == "hard_negatives" and negative_keys is not None
+        if own_needed and mode != "paired":
+            raise ValueError(
+                "hardness_mode='hard_negatives' weighs each row's own negatives: it needs "
+                "negative_mode='paired' (with share_negatives=True to share them); got "
+                f"unpaired negative_keys of shape {tuple(negative_keys.shape)}"
+            )
     config = _directions.Config(
         "in-batch" if negative_keys is None else mode,
         options.symmetric and not supervised,
