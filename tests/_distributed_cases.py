@@ -57,11 +57,13 @@ class Case:
     decoupled: bool | str = False  # the decoupled loss (DCL), checked by the recipes' reference
     share: bool = False  # paired negatives shared by every query (gathered)
     hardness: str | None = None  # hardness_mode, with strength 2
+    joint: tuple[str, ...] = ()  # joint_directions
 
     @property
     def recipe(self) -> bool:
         """Whether the recipes' reference checks this case (the seed has no such option)."""
-        return self.labels or bool(self.decoupled) or self.share or self.hardness is not None
+        extras = (self.decoupled, self.share, self.hardness, self.joint)
+        return self.labels or any(x not in (False, None, ()) for x in extras)
 
     def options(self) -> dict[str, Any]:
         """The loss's keyword options for this case."""
@@ -81,6 +83,7 @@ class Case:
                 "share_negatives": self.share,
                 "hardness_mode": self.hardness,
                 "hardness_strength": 2.0 if self.hardness else 0.0,
+                "joint_directions": self.joint,
             }
         return {
             "reduction": self.reduction,
@@ -154,6 +157,16 @@ CASES = {
     "shared-hardness": Case(
         "paired", in_batch=True, share=True, hardness="in_batch_negatives", learn=True
     ),
+    "joint-gte": Case(
+        "paired",
+        in_batch=True,
+        share=True,
+        same_view=True,
+        joint=("key_to_key", "key_to_query"),
+        hardness="all_negatives",
+        learn=True,
+    ),
+    "joint-chunked": Case(joint=("key_to_key", "key_to_query"), chunk_size=2, reduction="none"),
     "shared-hard-chunked": Case(
         "paired", in_batch=True, share=True, hardness="hard_negatives", chunk_size=2
     ),

@@ -36,7 +36,7 @@ def _row_loss(z, own, same, positives, decoupled=False, block=None, weight=1.0):
     """
     if decoupled:
         negatives = ~own & ~same
-        groups = [negatives] if decoupled is True else [negatives & (block == b) for b in (0, 1, 2)]
+        groups = [negatives] if decoupled is True else [negatives & (block == b) for b in range(6)]
         lse = sum(_lse(z[g]) for g in groups if g.any())
         return lse - weight * float(z[own][0]), 1
     if positives == "own":
@@ -65,13 +65,32 @@ def vmf_weights(anchors, keys, sigma):
 def _hard(hardness_mode, block, is_own, mine):
     """Whether hardness weighs a candidate of the query direction: ``block`` 0 keys, 1 other
     anchors, 2 explicit negatives; ``mine``: a negative is the row's own (paired) or not."""
-    if block == 1 or is_own:
+    if block not in (0, 2) or is_own:  # the query's keys and negatives only
         return False
     if hardness_mode == "in_batch_negatives":
         return block == 0 or not mine
     if hardness_mode == "hard_negatives":
         return block == 2 and mine
     return hardness_mode == "all_negatives"
+
+
+def _key_candidates(i, keys, anchors, negatives, labels, negative_labels, joint, share):
+    """Row i's candidates scored against keys[i] (see ``_direction``): blocks 3 (the anchors),
+    4 (the other keys) and 5 (the negatives: unpaired all, shared paired the other rows')."""
+    n, out = len(keys), []
+    label = (lambda j: None) if labels is None else (lambda j: labels[j])
+    if "key_to_query" in joint:
+        out += [(anchors[j], False, label(j), 3, False) for j in range(n)]
+    if "key_to_key" in joint:
+        out += [(keys[j], False, label(j), 4, False) for j in range(n) if j != i]
+        if negatives is not None and negatives.ndim == 2:
+            nl = [None] * len(negatives) if negative_labels is None else negative_labels
+            out += [(v, False, lab, 5, False) for v, lab in zip(negatives, nl)]
+        elif negatives is not None and share:
+            for g in (g for g in range(len(negatives)) if g != i):
+                nl = [None] * negatives.shape[1] if negative_labels is None else negative_labels[g]
+                out += [(v, False, lab, 5, False) for v, lab in zip(negatives[g], nl)]
+    return out
 
 
 def _direction(
@@ -89,11 +108,14 @@ def _direction(
     decoupled_sigma=None,
     share_negatives=False,
     hardness=None,
+    joint=(),
 ):
     """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i]).
 
     ``share_negatives``: paired negatives (N, M, D) are every row's candidates, row j's M its
-    own; ``hardness``: (mode, alpha) adds alpha * s to the chosen negatives' logits.
+    own; ``hardness``: (mode, alpha) adds alpha * s to the chosen negatives' logits; ``joint``:
+    the key-anchored candidates of row i ("key_to_query": keys[i] against every anchor,
+    "key_to_key": against the other keys and the other rows' negatives), block 3.
     """
     n = len(anchors)
     rows, pairs = np.zeros(n), np.zeros(n, dtype=int)
@@ -124,7 +146,13 @@ def _direction(
                 candidates += [
                     (v, False, lab, 2, g == i) for v, lab in zip(row_negatives, row_labels)
                 ]
-        z = np.array([float(anchors[i] @ v) / t for v, _, _, _, _ in candidates])
+        scored_by = [anchors[i]] * len(candidates)
+        extra = _key_candidates(
+            i, keys, anchors, negatives, labels, negative_labels, joint, share_negatives
+        )
+        candidates += extra
+        scored_by += [keys[i]] * len(extra)
+        z = np.array([float(a @ v) / t for a, (v, _, _, _, _) in zip(scored_by, candidates)])
         if hardness is not None:
             boost = [_hard(hardness[0], b, own, mine) for _, own, _, b, mine in candidates]
             z = np.where(boost, z + hardness[1] * z * t, z)
@@ -159,6 +187,7 @@ def recipe_rows(
     share_negatives=False,
     hardness_mode=None,
     hardness_strength=0.0,
+    joint_directions=(),
 ):
     """Per-row losses (N,) and the total number of positive pairs, in float64.
 
@@ -192,6 +221,7 @@ def recipe_rows(
         in_batch=in_batch,
         share_negatives=share_negatives,
         hardness=hardness,
+        joint=joint_directions,
         **common,
     )
     if not symmetric:

@@ -62,6 +62,15 @@ ST_VARIANTS = {
         "directions": ("query_to_doc", "doc_to_query"),
         "partition_mode": "per_direction",
     },
+    "joint+doc_to_query": {"directions": ("query_to_doc", "doc_to_query")},
+    "joint+doc_to_doc+hardness": {
+        "directions": ("query_to_doc", "doc_to_doc"),
+        "hardness_mode": "hard_negatives",
+        "hardness_strength": 3.0,
+    },
+    "joint, all four (GTE)": {
+        "directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"),
+    },
 }
 
 
@@ -317,18 +326,6 @@ def test_bad_call_values_name_the_argument():
         st.MultipleNegativesRankingLoss().compute_loss_from_embeddings([x], None)
     with pytest.raises(TypeError, match="torch tensors"):
         lightly.NTXentLoss(gather_distributed=True)(x, y)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "joint"},
-        {"directions": ("query_to_doc", "doc_to_doc")},
-    ],
-)
-def test_what_is_not_supported_yet_says_so(kwargs):
-    with pytest.raises(ValueError, match="not supported yet"):
-        st.MultipleNegativesRankingLoss(**kwargs)
 
 
 def test_open_clip_refuses_several_processes():

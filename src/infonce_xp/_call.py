@@ -17,9 +17,10 @@ from ._arrays import (
     result_type,
     torch_compiling,
 )
+from ._checks import check_temperature, describe
 from ._engine import Plan
 from ._namespaces import is_numpy_value
-from ._options import Options, check_temperature, describe
+from ._options import Options
 from ._typing import Array, Namespace
 
 _NDIM = {"query": 2, "positive_key": 2, "embeddings": 2}
@@ -173,8 +174,8 @@ def _check_call(
     hardness = None
     if options.hardness_mode is not None and options.hardness_strength > 0:
         hardness = (options.hardness_mode, float(options.hardness_strength))
-        own_needed = options.hardness_mode == "hard_negatives" and negative_keys is not None
-        if own_needed and mode != "paired":
+        needs_own = options.hardness_mode == "hard_negatives" and mode != "paired"
+        if needs_own and negative_keys is not None:
             raise ValueError(
                 "hardness_mode='hard_negatives' weighs each row's own negatives: it needs "
                 "negative_mode='paired' (with share_negatives=True to share them); got "
@@ -195,6 +196,7 @@ def _check_call(
         hardness,
         options.decoupled,
         options.decoupled_sigma,
+        () if supervised else options.joint_directions,
     )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
     floats = {k: x for k, x in given.items() if k not in _TAGS}
@@ -286,9 +288,9 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
     arrays = dict(call.arrays)
     config, n = call.plan.config, call.arrays[_directions.QUERY].shape[0]
     pairs = []
-    if config.in_batch:
+    if config.in_batch or "key_to_key" in config.joint:
         pairs.append((_directions.ALL_KEYS, "positive_key"))
-    if config.symmetric or config.same_view:
+    if config.symmetric or config.same_view or "key_to_query" in config.joint:
         pairs.append((_directions.ALL_QUERIES, _directions.QUERY))
     if pairs and config.labelled:
         pairs.append((_directions.ALL_LABELS, "labels"))

@@ -63,6 +63,8 @@ class Problem(NamedTuple):
     hardness: Any = None  # 1 + alpha / scale: the chosen cells' logits are multiplied by it
     hard: Any = None  # the chosen cells: ((start, stop, group size, row offset, rule) of shared
     # columns, see _directions._HARD; whether every paired cell), or None
+    unseen: Any = ()  # further hidden shared cells: (start, stop, group size, row offset) each,
+    # hiding row offset + i's group of columns in [start, stop) for anchor i
 
 
 class Saved(NamedTuple):
@@ -118,6 +120,9 @@ def shared_cells(
         if column is not None:
             mine = cols == rows + column
             hidden = mine if hidden is None else hidden | mine
+    for first, stop, size, offset in p.unseen:
+        mine = (cols >= first) & (cols < stop) & ((cols - first) // size == rows + offset)
+        hidden = mine if hidden is None else hidden | mine
     own = None if p.own is None else cols == rows + p.own
     same = None
     if y is not None and cy is not None:
@@ -361,38 +366,6 @@ def _part_shift(xp: Namespace, lse: Array, part: Any) -> Array:
     return shift
 
 
-# Blocks: the three kinds of candidate block ----------------------------------------------
-# "shared" (M, D): every anchor meets every row; "paired" (N, Mp, D): anchor i meets its own
-# Mp rows; "own" (N, D): anchor i meets row i, its own positive, a column of its own.
-
-
-def logits(xp: Namespace, kind: str, scaled: Array, block: Array) -> Array:
-    """The scaled similarities of the anchors' rows with a block: (n, M), (n, Mp) or (n, 1)."""
-    if kind == "shared":
-        return scaled @ block.T
-    if kind == "paired":
-        return (block @ scaled[:, :, None])[:, :, 0]
-    return row_dot(xp, scaled, block)[:, None]
-
-
-def pull(kind: str, r: Array, block: Array) -> Array:
-    """``sum_j r_ij x_j`` over a block's rows ``x``: the anchors' gradient, up to row weights."""
-    if kind == "shared":
-        return r @ block
-    if kind == "paired":
-        return (r[:, None, :] @ block)[:, 0, :]
-    return r * block
-
-
-def push(kind: str, r: Array, weighted: Array) -> Array:
-    """A block's gradient from the responses and the weighted anchors (one row block's)."""
-    if kind == "shared":
-        return r.T @ weighted
-    if kind == "paired":
-        return r[:, :, None] * weighted[:, None, :]
-    return r * weighted
-
-
 def zeros(xp: Namespace, n: int, like: Array) -> Array:
     return xp.zeros((n,), dtype=like.dtype, device=device(like))
 
@@ -423,6 +396,3 @@ def row_weights(xp: Namespace, count: Array, grad_rows: Array, scale: Any) -> Ar
     """``scale * grad`` per row; 0 for a row without a positive (its loss is 0 whatever its
     candidates)."""
     return xp.where(count > 0, grad_rows, xp.zeros_like(grad_rows)) * scale
-
-
-BLOCKS = ("shared", "paired", "own")

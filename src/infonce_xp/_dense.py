@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _cells, _core
+from . import _blocks, _cells, _core
 from ._arrays import diagonal, fill_diagonal, fill_where, multiply_into, subtract_exp, subtract_into
 from ._cells import Problem, Saved
 from ._typing import Array, Namespace
@@ -18,14 +18,14 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         return _shared_only(xp, p, scaled)
     tiles = []  # (kind, logits, masks) of each block
     if p.shared is not None:
-        z = _cells.logits(xp, "shared", scaled, p.shared)
+        z = _blocks.logits(xp, "shared", scaled, p.shared)
         cells = _cells.shared_cells(xp, p, z, 0, 0, False, p.labels, p.shared_labels, p.labelled)
         tiles.append(("shared", z, cells))
     if p.paired is not None:
-        z = _cells.logits(xp, "paired", scaled, p.paired)
+        z = _blocks.logits(xp, "paired", scaled, p.paired)
         tiles.append(("paired", z, _cells.paired_cells(xp, p, z, p.labels, p.paired_labels)))
     if p.positive is not None:
-        z = _cells.logits(xp, "own", scaled, p.positive)
+        z = _blocks.logits(xp, "own", scaled, p.positive)
         tiles.append(("own", z, _cells.own_cells(xp, z)))
     stats = _cells.start(xp, p, scaled.shape[0], scaled)
     for _, z, masks in tiles:
@@ -43,7 +43,7 @@ def _one_pass(p: Problem) -> bool:
     the row's positives are all there (the own one, and same-class cells for "supcon")."""
     if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0:
         return False
-    if p.decoupled or p.hard is not None:
+    if p.decoupled or p.hard is not None or p.unseen:
         return False
     return p.positives == "supcon" or (p.positives == "own" and p.own is not None)
 
@@ -66,7 +66,7 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     block: the same rows and responses, in as few passes over the N x M logits as the plain
     path makes (the own positive and the anchor itself are strided writes, not masks; exps and
     responses overwrite the logits)."""
-    z = _cells.logits(xp, "shared", scaled, p.shared)
+    z = _blocks.logits(xp, "shared", scaled, p.shared)
     same = _same_class(xp, p)
     n = z.shape[0]
     count = _cells.zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
@@ -116,9 +116,9 @@ def backward(
     weighted = p.anchor * weight[:, None]
     pulled = xp.zeros_like(p.anchor)
     grads: list[Any] = []
-    for kind, block, r in zip(_cells.BLOCKS, (p.shared, p.paired, p.positive), saved[:3]):
+    for kind, block, r in zip(_blocks.BLOCKS, (p.shared, p.paired, p.positive), saved[:3]):
         if block is not None:
-            pulled = pulled + _cells.pull(kind, r, block)
-        grads.append(None if block is None else _cells.push(kind, r, weighted))
+            pulled = pulled + _blocks.pull(kind, r, block)
+        grads.append(None if block is None else _blocks.push(kind, r, weighted))
     grad_anchor = pulled * weight[:, None]
     return grad_anchor, tuple(grads), _core.scale_gradient(xp, p.anchor, grad_anchor, scale)

@@ -4,6 +4,7 @@ against blocks of candidate cells), and each direction's arrays assembled as a
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from ._arrays import device
@@ -38,23 +39,30 @@ class Config(NamedTuple):
     hardness: tuple[str, float] | None = None  # (hardness_mode, hardness_strength), or None
     decoupled: bool | str = False  # the own positive out of the denominator (see Options)
     decoupled_sigma: float | None = None  # DCLW's weights of the positive term
+    joint: tuple[str, ...] = ()  # the key-anchored directions joining each query's row
 
 
 class Direction(NamedTuple):
     """One anchors-against-candidates problem, by array name. ``shared`` lists the blocks of
     shared candidates with their role: "own" (anchor i's own positive is its row offset + i),
     "self" (its row offset + i is anchor i itself, hidden), "grouped" (paired negatives
-    (N, M, D), shared: row offset + i's M are anchor i's own) or "plain"."""
+    (N, M, D), shared: row offset + i's M are anchor i's own), "grouped-self" (the same, the
+    own M hidden) or "plain". ``second_shared``: blocks that join row i scored against row i
+    of ``second`` instead of the anchor (the joint directions: its key's candidates)."""
 
     anchor: str
     positive: str | None  # an own positive outside the shared blocks: row i for anchor i
     shared: tuple[tuple[str, str], ...]
     paired: str | None = None  # (N, M, D) candidates of each anchor
+    second: str | None = None
+    second_shared: tuple[tuple[str, str], ...] = ()
 
     def one_positive(self) -> tuple[str, str, str] | None:
         """Anchor, positive and candidates by name where each row has one positive and one
         block of candidates (the seed's modes), else None. In-batch, the positive is named by
         the keys' local name and found among the candidates at the row offset."""
+        if self.second is not None:
+            return None
         if self.positive is not None:
             blocks = [name for name, role in self.shared if role == "plain"]
             blocks += [] if self.paired is None else [self.paired]
@@ -91,10 +99,27 @@ def directions(config: Config) -> tuple[Direction, ...]:
         shared.append((queries, "self"))
     if config.mode == "unpaired":
         shared.append((ALL_NEGATIVES if gathered else NEGATIVES, "plain"))
+    negatives = ALL_NEGATIVES if gathered else NEGATIVES
     if config.share:
-        shared.append((ALL_NEGATIVES if gathered else NEGATIVES, "grouped"))
+        shared.append((negatives, "grouped"))
     paired = NEGATIVES if config.mode == "paired" and not config.share else None
-    out = [Direction(QUERY, None if config.in_batch else KEY, tuple(shared), paired)]
+    second = []
+    if "key_to_query" in config.joint:
+        second.append((queries, "plain"))
+    if "key_to_key" in config.joint:
+        second.append((keys, "self"))
+        if config.mode == "unpaired" or config.share:
+            second.append((negatives, "plain" if config.mode == "unpaired" else "grouped-self"))
+    out = [
+        Direction(
+            QUERY,
+            None if config.in_batch else KEY,
+            tuple(shared),
+            paired,
+            KEY if second else None,
+            tuple(second),
+        )
+    ]
     if config.symmetric:
         back = [(queries, "own")] + ([(keys, "self")] if config.same_view else [])
         out.append(Direction(KEY, None, tuple(back)))
@@ -119,6 +144,84 @@ _HARD = {
 }
 
 
+class _Blocks(NamedTuple):
+    """The shared blocks of a direction, in order, as ``problem`` reads them."""
+
+    arrays: list[Array]
+    labels: list[Any]
+    own: Any  # the shared column of anchor 0's own positive, or None (see Problem)
+    hide: Any  # the shared column of anchor 0 itself (same view), or None
+    twin: Any  # the own positive's column when it is also a column of its own, or None
+    unseen: tuple[Any, ...]  # further hidden cells (see Problem)
+    starts: tuple[int, ...]  # each block's first column
+    hard: tuple[Any, ...]  # hardness's rules (see Problem)
+
+
+def _blocks(
+    xp: Namespace,
+    config: Config,
+    d: Direction,
+    units: dict[str, Array],
+    labels: dict[str, Array],
+    offset: Any,
+    apart: bool,
+) -> _Blocks:
+    """The shared blocks (the second anchor's after the anchor's), with where their own
+    positive, hidden and hard cells are; a grouped block (N, M, D) as its N * M rows."""
+    rules = _HARD[config.hardness[0]] if config.hardness and d.anchor == QUERY else {}
+    arrays, labelled, starts, hard, unseen = [], [], [], [], []
+    own = hide = twin = None
+    start = 0
+    roles = [(name, role, 0) for name, role in d.shared]
+    roles += [(name, role, 1) for name, role in d.second_shared]
+    for name, role, side in roles:
+        block, size, lab = units[name], 1, labels.get(_labels_of(name))
+        if role.startswith("grouped"):  # (N, M, D): row i's own M in a row
+            size = block.shape[1]
+            block = xp.reshape(block, (block.shape[0] * size, block.shape[2]))
+            lab = None if lab is None else xp.reshape(lab, (block.shape[0],))
+        stop = start + block.shape[0]
+        if role in rules and side == 0:
+            hard.append((start, stop, size, offset, rules[role]))
+        if role == "own":
+            twin, own = (offset + start, None) if apart else (None, offset + start)
+        elif role == "self" and hide is None:
+            hide = offset + start
+        elif role in ("self", "grouped-self"):
+            unseen.append((start, stop, size, offset))
+        arrays.append(block)
+        labelled.append(lab)
+        starts.append(start)
+        start = stop
+    return _Blocks(arrays, labelled, own, hide, twin, tuple(unseen), tuple(starts), tuple(hard))
+
+
+def _joined(xp: Namespace, y: Any, blocks: _Blocks) -> tuple[Any, Any, Any]:
+    """The shared blocks as one array, with their labels and which of them carry one."""
+    parts = blocks.arrays
+    shared = None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+    if y is None or all(lab is None for lab in blocks.labels):
+        return shared, None, None
+    filled, flags = [], []
+    for block, lab in zip(parts, blocks.labels):
+        rows, where = block.shape[0], device(block)
+        filled.append(lab if lab is not None else xp.zeros(rows, dtype=y.dtype, device=where))
+        flags.append(xp.full(rows, lab is not None, dtype=xp.bool, device=where))
+    shared_labels = filled[0] if len(filled) == 1 else xp.concat(filled, axis=0)
+    labelled = None
+    if any(lab is None for lab in blocks.labels):
+        labelled = xp.concat(flags, axis=0)
+    return shared, shared_labels, labelled
+
+
+def _sides(xp: Namespace, x: Array, side: int, width: int) -> Array:
+    """``x`` widened to ``2 * width`` features, its own in the first half (``side`` 0) or the
+    second: the joint directions score row i against two anchors with one product, that of
+    the anchors side by side (``[a_i, b_i] . [c, 0] = a_i . c``)."""
+    zeros = xp.zeros((*x.shape[:-1], width), dtype=x.dtype, device=device(x))
+    return xp.concat([x, zeros] if side == 0 else [zeros, x], axis=-1)
+
+
 def problem(
     xp: Namespace,
     config: Config,
@@ -133,71 +236,87 @@ def problem(
     (with their labels, and which of them carry one), paired and own positive as they are.
     ``apart``: an own positive among the shared candidates is a column of its own too, and
     hidden among them (``Problem.twin``). ``scale``: the inverse temperature, which the
-    hardness weighting's factor holds."""
+    hardness weighting's factor holds. With a second anchor, every array is widened (see
+    ``_sides``)."""
     y: Any = labels.get(LABELS) if config.labelled else None
-    parts, part_labels, own, hide, twin, start, starts = [], [], None, None, None, 0, []
-    rules = _HARD[config.hardness[0]] if config.hardness and d.anchor == QUERY else {}
-    hard = []
-    for name, role in d.shared:
-        block = units[name]
-        size = 0
-        if role == "grouped":  # (N, M, D): row i's own M in a row
-            size = block.shape[1]
-            block = xp.reshape(block, (block.shape[0] * size, block.shape[2]))
-        if role in rules:
-            hard.append((start, start + block.shape[0], size, offset, rules[role]))
-        if role == "own" and apart:
-            twin = offset + start
-        elif role == "own":
-            own = offset + start
-        elif role == "self":
-            hide = offset + start
-        parts.append(block)
-        lab = labels.get(_labels_of(name))
-        if role == "grouped" and lab is not None:
-            lab = xp.reshape(lab, (block.shape[0],))
-        part_labels.append(lab)
-        starts.append(start)
-        start += block.shape[0]
-    shared = None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-    shared_labels = labelled = None
-    if y is not None and any(lab is not None for lab in part_labels):
-        filled, flags = [], []
-        for block, lab in zip(parts, part_labels):
-            rows, where = block.shape[0], device(block)
-            filled.append(lab if lab is not None else xp.zeros(rows, dtype=y.dtype, device=where))
-            flags.append(xp.full(rows, lab is not None, dtype=xp.bool, device=where))
-        shared_labels = filled[0] if len(filled) == 1 else xp.concat(filled, axis=0)
-        if any(lab is None for lab in part_labels):
-            labelled = xp.concat(flags, axis=0)
+    b = _blocks(xp, config, d, units, labels, offset, apart)
+    anchor = units[d.anchor]
     paired = None if d.paired is None else units[d.paired]
-    paired_labels = None if y is None or paired is None else labels.get(NEGATIVE_LABELS)
     positive = None if d.positive is None else units[d.positive]
-    if twin is not None:
+    if b.twin is not None:
         positive = units[d.own_positive() or ""]
-    factor = None
-    if rules:  # z + alpha * s, with s = z / scale, on the cells that the rules choose
-        factor = 1.0 + config.hardness[1] / scale  # type: ignore[index]
+    if d.second is not None:
+        width, first = anchor.shape[-1], len(d.shared)
+        arrays = [_sides(xp, x, int(i >= first), width) for i, x in enumerate(b.arrays)]
+        b = b._replace(arrays=arrays)
+        anchor = xp.concat([anchor, units[d.second]], axis=-1)
+        paired = None if paired is None else _sides(xp, paired, 0, width)
+        positive = None if positive is None else _sides(xp, positive, 0, width)
+    shared, shared_labels, labelled = _joined(xp, y, b)
+    paired_labels = None if y is None or paired is None else labels.get(NEGATIVE_LABELS)
+    factor = hard = None
+    if config.hardness is not None and d.anchor == QUERY:
+        # z + alpha * s, with s = z / scale, on the cells that the rules choose
+        factor = 1.0 + config.hardness[1] / scale
+        hard = (b.hard, "paired" in _HARD[config.hardness[0]])
     weight = None
     if config.decoupled_sigma is not None and d.own_positive() is not None:
         own_rows = units[d.own_positive() or ""]
         weight = vmf_weights(xp, units[d.anchor], own_rows, config.decoupled_sigma)
     return Problem(
-        units[d.anchor],
+        anchor,
         shared,
         paired,
         y,
         shared_labels,
         labelled,
         paired_labels,
-        own,
-        hide,
-        twin,
+        b.own,
+        b.hide,
+        b.twin,
         positive,
         config.positives,
         config.decoupled,
-        tuple(starts) if config.decoupled == "blocks" else None,
+        b.starts if config.decoupled == "blocks" else None,
         weight,
         factor,
-        (tuple(hard), "paired" in rules) if factor is not None else None,
+        hard,
+        b.unseen,
     )
+
+
+def gradients(
+    xp: Namespace,
+    d: Direction,
+    units: dict[str, Array],
+    g_anchor: Array,
+    blocks: tuple[Any, Any, Any],
+    own: bool,
+) -> list[tuple[str, Any]]:
+    """The gradients of a direction's arrays by name from those of its :func:`problem`'s
+    anchor and blocks (shared, paired, own positive; ``own``: the positive was a column of
+    its own): the shared blocks cut apart, grouped ones reshaped, widened ones halved."""
+    width = units[d.anchor].shape[-1]
+
+    def half(g: Array, side: int) -> Array:
+        if d.second is None:
+            return g
+        return g[..., :width] if side == 0 else g[..., width:]
+
+    out = [(d.anchor, half(g_anchor, 0))]
+    if d.second is not None:
+        out.append((d.second, half(g_anchor, 1)))
+    g_shared, g_paired, g_positive = blocks
+    start, several = 0, len(d.shared) + len(d.second_shared) > 1
+    sides = [(name, 0) for name, _ in d.shared] + [(name, 1) for name, _ in d.second_shared]
+    for name, side in sides:
+        shape = units[name].shape  # (N, M, D) for paired negatives that are shared
+        rows = math.prod(shape[:-1])
+        g = half(g_shared[start : start + rows, ...] if several else g_shared, side)
+        out.append((name, g if len(shape) == 2 else xp.reshape(g, shape)))
+        start += rows
+    if d.paired is not None:
+        out.append((d.paired, half(g_paired, 0)))
+    if own:
+        out.append((d.own_positive() or "", half(g_positive, 0)))
+    return out

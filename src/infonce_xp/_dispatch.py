@@ -11,8 +11,8 @@ from typing import Protocol
 
 from ._arrays import library, native, traits
 from ._call import Call, gathered
+from ._checks import describe
 from ._directions import HOME
-from ._options import describe
 from ._typing import Array, Namespace, ScatteringGather
 
 

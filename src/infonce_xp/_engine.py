@@ -11,7 +11,6 @@ what the forward chose.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 from . import _cells, _core, _dense, _stacks, _tiled
@@ -23,6 +22,7 @@ from ._directions import (
     Config,
     Direction,
     directions,
+    gradients,
     problem,
 )
 from ._typing import Array, Namespace
@@ -316,20 +316,8 @@ class Plan:
             g_anchor, blocks, g_scale = _tiled.backward(
                 xp, p, scale, chunk, step.loop, kept, grad_rows
             )
-        out = [(d.anchor, g_anchor)]
-        g_shared, g_paired, g_positive = blocks
-        start = 0
-        for name, _ in d.shared:
-            shape = step.units[name].shape  # (N, M, D) for paired negatives that are shared
-            rows = math.prod(shape[:-1])
-            g = g_shared[start : start + rows, ...] if len(d.shared) > 1 else g_shared
-            out.append((name, g if len(shape) == 2 else xp.reshape(g, shape)))
-            start += rows
-        if d.paired is not None:
-            out.append((d.paired, g_paired))
-        if p.positive is not None:
-            out.append((d.own_positive() or "", g_positive))
-        return out, g_scale
+        own = p.positive is not None
+        return gradients(xp, d, step.units, g_anchor, blocks, own), g_scale
 
     def _problem(self, step: _Step, route: Route) -> Problem:
         """A cells route's arrays; tiled, its own positives are a column of their own."""

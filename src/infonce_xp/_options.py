@@ -9,55 +9,24 @@ nothing else lists the options.
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from dataclasses import field
 from typing import Any
 
-from ._arrays import array_namespace, is_array_api_obj
-from ._namespaces import is_numpy_value, is_symbolic_number, number
+from ._arrays import is_array_api_obj
+from ._checks import check_choice, check_flag, check_number, check_temperature, describe
+from ._namespaces import is_numpy_value
 from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 
 REDUCTIONS = ("mean", "sum", "none")
 NEGATIVE_MODES = ("unpaired", "paired")
 POSITIVES = ("own", "supcon", "pairs")
 DECOUPLED = (False, True, "blocks")
+JOINT = ("key_to_query", "key_to_key")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
 # The checked options of recent function calls, by their arguments (Options are frozen): a loop
 # that calls info_nce with the same options checks them once.
 _RECENT: dict[Any, Options] = {}
-
-
-def describe(x: Any) -> str:
-    """What a user passed, for error messages: an array's type, shape and dtype, or the value."""
-    if is_array_api_obj(x):
-        kind = f"{type(x).__module__}.{type(x).__name__}"
-        return f"{kind} of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"[:120]
-
-
-def check_temperature(t: Any, *, sync: bool) -> None:
-    """A temperature must be a finite number > 0, or a 0-D real floating array whose value, where
-    it can be read (:func:`~infonce_xp._namespaces.number`), is one."""
-    if is_symbolic_number(t):  # traced by a compiler: nothing to read
-        return
-    value: Any = t
-    if isinstance(t, bool) or not isinstance(t, (int, float)):
-        if not is_array_api_obj(t):
-            raise TypeError(
-                f"temperature must be a positive number or a 0-D array; got {describe(t)}"
-            )
-        array: Any = t
-        if not array_namespace(array).isdtype(array.dtype, "real floating"):
-            raise TypeError(f"temperature must have a real floating dtype; got {describe(t)}")
-        if array.ndim != 0:
-            raise ValueError(f"temperature must be a 0-D array; got {describe(t)}")
-        value = number(array, sync=sync)
-    # Comparisons only (a compiler can trace them); NaN fails both.
-    too_big = isinstance(value, int) and value >= 2**1024  # beyond float's range
-    if not (value is None or (0 < value < math.inf and not too_big)):
-        shown = describe(t) if value is t else f"{value!r} ({describe(t)})"
-        raise ValueError(f"temperature must be a finite number > 0; got {shown}")
 
 
 def _about(doc: str, *, seed: bool = False) -> dict[str, Any]:
@@ -165,6 +134,20 @@ chunk_size : int, optional
     logits at once, which is faster while they fit in memory."""
         ),
     )
+    joint_directions: tuple[str, ...] = field(
+        default=(),
+        metadata=_about(
+            """
+joint_directions : tuple of {"key_to_query", "key_to_key"}, default ()
+    Cells scored against each pair's key that join its query's row, in one log-sum-exp
+    (GTE's improved contrastive loss; sentence-transformers' ``partition_mode="joint"``):
+    "key_to_query", the key against every query (its own query included, as a candidate);
+    "key_to_key", the key against every other key and, with ``share_negatives``, every other
+    row's negatives (unpaired negatives: all). The positive stays the query's own key. The
+    query's other queries join with ``same_view_negatives=True``; not with
+    ``symmetric=True``, whose directions have a row each."""
+        ),
+    )
     share_negatives: bool = field(
         default=False,
         metadata=_about(
@@ -232,24 +215,16 @@ gather : callable, optional
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature, sync=True)
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}; got {self.reduction!r}")
-        if self.negative_mode not in NEGATIVE_MODES:
-            raise ValueError(
-                f"negative_mode must be one of {NEGATIVE_MODES}; got {self.negative_mode!r}"
-            )
-        if self.positives not in POSITIVES:
-            raise ValueError(f"positives must be one of {POSITIVES}; got {self.positives!r}")
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("negative_mode", self.negative_mode, NEGATIVE_MODES)
+        check_choice("positives", self.positives, POSITIVES)
         if not isinstance(self.in_batch_negatives, (bool, type(None))):
             raise TypeError(
                 "in_batch_negatives must be None, True or False; "
                 f"got {describe(self.in_batch_negatives)}"
             )
-        for flag in ("same_view_negatives", "symmetric", "normalize"):
-            if not isinstance(getattr(self, flag), bool):
-                raise TypeError(
-                    f"{flag} must be True or False; got {describe(getattr(self, flag))}"
-                )
+        for flag in ("same_view_negatives", "symmetric", "normalize", "share_negatives"):
+            check_flag(flag, getattr(self, flag))
         size = self.chunk_size
         if isinstance(size, bool):
             raise TypeError(f"chunk_size must be None or an int; got {describe(size)}")
@@ -263,34 +238,42 @@ gather : callable, optional
             if size < 1:
                 raise ValueError(f"chunk_size must be an int of at least 1; got {size!r}")
             object.__setattr__(self, "chunk_size", size)
-        if not isinstance(self.share_negatives, bool):
+        self._check_rows()
+        if self.gather is not None and not callable(self.gather):
+            raise TypeError(f"gather must be None or a callable; got {describe(self.gather)}")
+        if self.gather is not None and not isinstance(self.gather, Gather):
             raise TypeError(
-                f"share_negatives must be True or False; got {describe(self.share_negatives)}"
+                "gather must also have a rank() method giving this worker's block index, as "
+                "infonce_xp.torch.all_gather and infonce_xp.jax.all_gather do; "
+                f"got {describe(self.gather)}"
+            )
+
+    def _check_rows(self) -> None:
+        """The options of how a row's cells are scored (issue order: joint directions, shared
+        negatives, hardness, decoupling)."""
+        joint = self.joint_directions
+        if isinstance(joint, str) or not isinstance(joint, (tuple, list)):
+            raise TypeError(f"joint_directions must be a tuple of {JOINT}; got {describe(joint)}")
+        if not set(joint) <= set(JOINT) or len(set(joint)) != len(joint):
+            raise ValueError(
+                f"joint_directions must hold distinct names among {JOINT}; got {joint!r}"
+            )
+        object.__setattr__(self, "joint_directions", tuple(sorted(joint)))
+        if joint and self.symmetric:
+            raise ValueError(
+                "joint_directions joins the key's cells to its query's row; symmetric=True "
+                "gives each direction a row of its own: choose one"
             )
         if self.share_negatives and self.negative_mode != "paired":
             raise ValueError(
                 "share_negatives shares each row's own negatives with every query: it needs "
                 f"negative_mode='paired'; got negative_mode={self.negative_mode!r}"
             )
-        if self.hardness_mode not in HARDNESS_MODES:
-            raise ValueError(
-                f"hardness_mode must be one of {HARDNESS_MODES}; got {describe(self.hardness_mode)}"
-            )
-        alpha = self.hardness_strength
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise TypeError(f"hardness_strength must be a number; got {describe(alpha)}")
-        if not 0 <= alpha < math.inf:
-            raise ValueError(f"hardness_strength must be a finite number >= 0; got {alpha!r}")
-        if self.decoupled not in DECOUPLED or type(self.decoupled) not in (bool, str):
-            raise ValueError(
-                f"decoupled must be one of {DECOUPLED}; got {describe(self.decoupled)}"
-            )
-        sigma = self.decoupled_sigma
-        if sigma is not None:
-            if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-                raise TypeError(f"decoupled_sigma must be None or a number; got {describe(sigma)}")
-            if not 0 < sigma < math.inf:
-                raise ValueError(f"decoupled_sigma must be a finite number > 0; got {sigma!r}")
+        check_choice("hardness_mode", self.hardness_mode, HARDNESS_MODES)
+        check_number("hardness_strength", self.hardness_strength, positive=False)
+        check_choice("decoupled", self.decoupled, DECOUPLED)
+        if self.decoupled_sigma is not None:
+            check_number("decoupled_sigma", self.decoupled_sigma, positive=True)
             if self.decoupled is False:
                 raise ValueError(
                     "decoupled_sigma weights the positive term of the decoupled loss: it needs "
@@ -300,14 +283,6 @@ gather : callable, optional
             raise ValueError(
                 "decoupled leaves each row's own positive out of its denominator: it needs "
                 f"positives='own'; got positives={self.positives!r}"
-            )
-        if self.gather is not None and not callable(self.gather):
-            raise TypeError(f"gather must be None or a callable; got {describe(self.gather)}")
-        if self.gather is not None and not isinstance(self.gather, Gather):
-            raise TypeError(
-                "gather must also have a rank() method giving this worker's block index, as "
-                "infonce_xp.torch.all_gather and infonce_xp.jax.all_gather do; "
-                f"got {describe(self.gather)}"
             )
 
     @classmethod

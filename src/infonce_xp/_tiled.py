@@ -19,16 +19,14 @@ from typing import Any
 
 from . import _core
 from ._arrays import Scan, add_at, device, may_write
+from ._blocks import logits, pull, push
 from ._cells import (
     Problem,
     Saved,
     finish,
     first_pass,
-    logits,
     own_cells,
     paired_cells,
-    pull,
-    push,
     response,
     row_weights,
     second_pass,

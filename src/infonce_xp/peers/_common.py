@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._checks import check_flag, describe
 from .._namespaces import is_torch_tensor
-from .._options import describe
 from .._typing import Array
+
+__all__ = ["check_flag", "no_argument", "torch_gather"]
 
 
 def torch_gather(x: Array, enabled: bool, flag: str) -> Any:
@@ -29,11 +31,6 @@ def torch_gather(x: Array, enabled: bool, flag: str) -> Any:
     from ..torch import all_gather
 
     return all_gather
-
-
-def check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False; got {describe(value)}")
 
 
 def no_argument(name: str, value: Any, why: str) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._checks import describe
 from .._loss import info_nce
-from .._options import describe
 from .._typing import Array
 from ._common import check_flag
 

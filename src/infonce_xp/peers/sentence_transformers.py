@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .._checks import describe
 from .._loss import InfoNCE
 from .._namespaces import array_namespace
-from .._options import describe
 from .._typing import Array
 from ._common import check_flag, torch_gather
 
@@ -23,13 +23,6 @@ __all__ = ["MultipleNegativesRankingLoss"]
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITIONS = ("joint", "per_direction")
 HARDNESS = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
-# The directions and partitions infonce_xp computes, and the core options that give them
-_SUPPORTED: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {
-    (("query_to_doc",), "joint"): {},
-    (("query_to_doc",), "per_direction"): {},
-    (("query_to_doc", "query_to_query"), "joint"): {"same_view_negatives": True},
-    (("doc_to_query", "query_to_doc"), "per_direction"): {"symmetric": True},
-}
 
 
 class MultipleNegativesRankingLoss:
@@ -52,11 +45,14 @@ class MultipleNegativesRankingLoss:
         every process's documents (:func:`infonce_xp.torch.all_gather`), as
         sentence-transformers does.
     directions : tuple of str, default ("query_to_doc",)
-        Which similarities form a row's candidates. Supported: ``("query_to_doc",)``, with
-        ``"query_to_query"`` (joint partition: the other anchors join the candidates) and with
-        ``"doc_to_query"`` (per-direction partition: the symmetric loss).
+        Which similarities form a row's candidates: "query_to_doc" (required), and any of
+        "query_to_query" (the other anchors), "doc_to_query" (the row's document against
+        every anchor) and "doc_to_doc" (against every other document, the row's own hard
+        negatives excepted).
     partition_mode : {"joint", "per_direction"}, default "joint"
-        One log-sum-exp over all directions' candidates, or one per direction, averaged.
+        One log-sum-exp over all directions' candidates (``same_view_negatives`` and
+        ``joint_directions`` of the core), or one per direction, averaged (the symmetric
+        loss; sentence-transformers allows it only for "query_to_doc" and "doc_to_query").
     hardness_mode : {None, "in_batch_negatives", "hard_negatives", "all_negatives"}
         Which negatives hardness weighting applies to (the core's ``hardness_mode``): the
         query-to-document logits of those negatives gain
@@ -71,7 +67,7 @@ class MultipleNegativesRankingLoss:
     ValueError
         For the values sentence-transformers rejects (a scale that is not > 0, unknown or
         missing directions, ``"per_direction"`` with same-type directions, a negative
-        strength), and for the combinations not supported yet.
+        strength).
 
     Examples
     --------
@@ -122,13 +118,7 @@ class MultipleNegativesRankingLoss:
             raise ValueError(
                 f"hardness_strength must be a number >= 0; got {describe(hardness_strength)}"
             )
-        options = _SUPPORTED.get((tuple(sorted(set(directions))), partition_mode))
-        if options is None:
-            raise ValueError(
-                f"directions={directions} with partition_mode={partition_mode!r} is not "
-                "supported yet by infonce_xp.peers; supported: "
-                + "; ".join(f"{d} with {p!r}" for d, p in _SUPPORTED)
-            )
+        options = _directions(set(directions), partition_mode)
         self.scale, self.gather_across_devices = scale, gather_across_devices
         self.directions, self.partition_mode = directions, partition_mode
         self.hardness_mode, self.hardness_strength = hardness_mode, hardness_strength
@@ -174,6 +164,15 @@ class MultipleNegativesRankingLoss:
             f"{self.partition_mode!r}, hardness_mode={self.hardness_mode!r}, "
             f"hardness_strength={self.hardness_strength!r})"
         )
+
+
+def _directions(directions: set[str], partition_mode: str) -> dict[str, Any]:
+    """The core options of sentence-transformers' directions: per direction, the symmetric
+    loss; joint, the query's other queries and the document's cells in the query's row."""
+    if partition_mode == "per_direction":
+        return {"symmetric": "doc_to_query" in directions}
+    joint = tuple(name.replace("doc", "key") for name in directions if name.startswith("doc"))
+    return {"same_view_negatives": "query_to_query" in directions, "joint_directions": joint}
 
 
 def _columns(anchor: Array, negatives: Sequence[Array]) -> Array | None:
