@@ -58,11 +58,12 @@ class Case:
     share: bool = False  # paired negatives shared by every query (gathered)
     hardness: str | None = None  # hardness_mode, with strength 2
     joint: tuple[str, ...] = ()  # joint_directions
+    guide_margin: float | None = None  # false-negative masking by the model's own similarity
 
     @property
     def recipe(self) -> bool:
         """Whether the recipes' reference checks this case (the seed has no such option)."""
-        extras = (self.decoupled, self.share, self.hardness, self.joint)
+        extras = (self.decoupled, self.share, self.hardness, self.joint, self.guide_margin)
         return self.labels or any(x not in (False, None, ()) for x in extras)
 
     def options(self) -> dict[str, Any]:
@@ -84,6 +85,7 @@ class Case:
                 "hardness_mode": self.hardness,
                 "hardness_strength": 2.0 if self.hardness else 0.0,
                 "joint_directions": self.joint,
+                "guide_margin": self.guide_margin,
             }
         return {
             "reduction": self.reduction,
@@ -166,6 +168,7 @@ CASES = {
         hardness="all_negatives",
         learn=True,
     ),
+    "self-guided": Case("unpaired", in_batch=True, same_view=True, guide_margin=0.05, learn=True),
     "joint-chunked": Case(joint=("key_to_key", "key_to_query"), chunk_size=2, reduction="none"),
     "shared-hard-chunked": Case(
         "paired", in_batch=True, share=True, hardness="hard_negatives", chunk_size=2

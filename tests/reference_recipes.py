@@ -76,21 +76,46 @@ def _hard(hardness_mode, block, is_own, mine):
 
 def _key_candidates(i, keys, anchors, negatives, labels, negative_labels, joint, share):
     """Row i's candidates scored against keys[i] (see ``_direction``): blocks 3 (the anchors),
-    4 (the other keys) and 5 (the negatives: unpaired all, shared paired the other rows')."""
+    4 (the other keys) and 5 (shared paired negatives: the other rows')."""
     n, out = len(keys), []
     label = (lambda j: None) if labels is None else (lambda j: labels[j])
     if "key_to_query" in joint:
         out += [(anchors[j], False, label(j), 3, False) for j in range(n)]
     if "key_to_key" in joint:
         out += [(keys[j], False, label(j), 4, False) for j in range(n) if j != i]
-        if negatives is not None and negatives.ndim == 2:
-            nl = [None] * len(negatives) if negative_labels is None else negative_labels
-            out += [(v, False, lab, 5, False) for v, lab in zip(negatives, nl)]
-        elif negatives is not None and share:
+        if negatives is not None and share:
             for g in (g for g in range(len(negatives)) if g != i):
                 nl = [None] * negatives.shape[1] if negative_labels is None else negative_labels[g]
                 out += [(v, False, lab, 5, False) for v, lab in zip(negatives[g], nl)]
     return out
+
+
+def _candidates(i, arrays, labels, negative_labels, *, in_batch, share_negatives, joint):
+    """Row i's candidates, in order: (scored by, vector, own positive?, label, block, own
+    negative?). ``arrays``: (anchors, keys, same view or None, negatives or None)."""
+    anchors, keys, same_view, negatives = arrays
+    n, out = len(anchors), []
+    no_label = [None] * n
+    if in_batch:
+        key_labels = no_label if labels is None else labels
+        out += [(keys[j], j == i, key_labels[j], 0, False) for j in range(n)]
+    else:
+        out.append((keys[i], True, None, 0, False))
+    if same_view is not None:  # the anchor itself is hidden
+        view_labels = no_label if labels is None else labels
+        out += [(same_view[j], False, view_labels[j], 1, False) for j in range(n) if j != i]
+    if negatives is not None:
+        groups = range(len(negatives)) if share_negatives else [None if negatives.ndim == 2 else i]
+        for g in groups:
+            row_negatives = negatives if g is None else negatives[g]
+            row_labels = [None] * len(row_negatives)
+            if negative_labels is not None:
+                row_labels = negative_labels if g is None else negative_labels[g]
+            out += [(v, False, lab, 2, g == i) for v, lab in zip(row_negatives, row_labels)]
+    extra = _key_candidates(
+        i, keys, anchors, negatives, labels, negative_labels, joint, share_negatives
+    )
+    return [(anchors[i], *c) for c in out] + [(keys[i], *c) for c in extra]
 
 
 def _direction(
@@ -109,61 +134,44 @@ def _direction(
     share_negatives=False,
     hardness=None,
     joint=(),
+    guide=None,
 ):
     """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i]).
 
     ``share_negatives``: paired negatives (N, M, D) are every row's candidates, row j's M its
     own; ``hardness``: (mode, alpha) adds alpha * s to the chosen negatives' logits; ``joint``:
     the key-anchored candidates of row i ("key_to_query": keys[i] against every anchor,
-    "key_to_key": against the other keys and the other rows' negatives), block 3.
+    "key_to_key": against the other keys and the other rows' negatives); ``guide``:
+    (margin, strategy, the guide's arrays as ``anchors, keys, same_view, negatives``): a
+    candidate whose guide similarity is above the own pair's, less the margin, is dropped.
     """
     n = len(anchors)
     rows, pairs = np.zeros(n), np.zeros(n, dtype=int)
-    no_label = [None] * n
     weights = vmf_weights(anchors, keys, decoupled_sigma)
+    common = {"in_batch": in_batch, "share_negatives": share_negatives, "joint": joint}
     for i in range(n):
-        candidates = []  # (vector, is the own positive, label or None, block, own negative)
-        if in_batch:
-            key_labels = no_label if labels is None else labels
-            candidates += [(keys[j], j == i, key_labels[j], 0, False) for j in range(n)]
-        else:
-            candidates.append((keys[i], True, None, 0, False))
-        if same_view is not None:  # the anchor itself is hidden
-            view_labels = no_label if labels is None else labels
-            candidates += [
-                (same_view[j], False, view_labels[j], 1, False) for j in range(n) if j != i
-            ]
-        if negatives is not None:
-            if share_negatives:
-                groups = range(len(negatives))
-            else:
-                groups = [None] if negatives.ndim == 2 else [i]
-            for g in groups:
-                row_negatives = negatives if g is None else negatives[g]
-                row_labels = [None] * len(row_negatives)
-                if negative_labels is not None:
-                    row_labels = negative_labels if g is None else negative_labels[g]
-                candidates += [
-                    (v, False, lab, 2, g == i) for v, lab in zip(row_negatives, row_labels)
-                ]
-        scored_by = [anchors[i]] * len(candidates)
-        extra = _key_candidates(
-            i, keys, anchors, negatives, labels, negative_labels, joint, share_negatives
-        )
-        candidates += extra
-        scored_by += [keys[i]] * len(extra)
-        z = np.array([float(a @ v) / t for a, (v, _, _, _, _) in zip(scored_by, candidates)])
+        arrays = (anchors, keys, same_view, negatives)
+        candidates = _candidates(i, arrays, labels, negative_labels, **common)
+        if guide is not None:
+            margin, strategy, guides = guide
+            g = np.array(
+                [a @ v for a, v, *_ in _candidates(i, guides, labels, negative_labels, **common)]
+            )
+            own_g = float(guides[0][i] @ guides[1][i])
+            threshold = own_g - (margin if strategy == "absolute" else abs(own_g) * margin)
+            candidates = [c for c, x in zip(candidates, g) if c[2] or not x > threshold]
+        z = np.array([float(a @ v) / t for a, v, *_ in candidates])
         if hardness is not None:
-            boost = [_hard(hardness[0], b, own, mine) for _, own, _, b, mine in candidates]
+            boost = [_hard(hardness[0], b, own, mine) for *_, own, _, b, mine in candidates]
             z = np.where(boost, z + hardness[1] * z * t, z)
-        own = np.array([is_own for _, is_own, _, _, _ in candidates])
+        own = np.array([c[2] for c in candidates])
         same = np.array(
             [
                 not is_own and labels is not None and lab is not None and lab == labels[i]
-                for _, is_own, lab, _, _ in candidates
+                for _, _, is_own, lab, _, _ in candidates
             ]
         )
-        block = np.array([b for _, _, _, b, _ in candidates])
+        block = np.array([c[4] for c in candidates])
         rows[i], pairs[i] = _row_loss(z, own, same, positives, decoupled, block, weights[i])
     return rows, pairs
 
@@ -188,6 +196,9 @@ def recipe_rows(
     hardness_mode=None,
     hardness_strength=0.0,
     joint_directions=(),
+    guide_margin=None,
+    guide_strategy="absolute",
+    guide=None,
 ):
     """Per-row losses (N,) and the total number of positive pairs, in float64.
 
@@ -211,6 +222,15 @@ def recipe_rows(
         "decoupled_sigma": decoupled_sigma,
     }
     hardness = None if hardness_mode is None else (hardness_mode, hardness_strength)
+    gq, gk, gneg = q, k, neg  # without a guide's arrays the model guides itself
+    if guide is not None:
+        gq, gk, *rest = (normalise(np.asarray(x, dtype=np.float64)) for x in guide)
+        gneg = rest[0] if rest else None
+    view, back_view = (gq, gk) if same_view_negatives else (None, None)
+    forth = back = None
+    if guide_margin is not None:
+        forth = (guide_margin, guide_strategy, (gq, gk, view, gneg))
+        back = (guide_margin, guide_strategy, (gk, gq, back_view, None))
     rows, pairs = _direction(
         q,
         k,
@@ -222,13 +242,22 @@ def recipe_rows(
         share_negatives=share_negatives,
         hardness=hardness,
         joint=joint_directions,
+        guide=forth,
         **common,
     )
     if not symmetric:
         return rows, int(pairs.sum())
     # key -> query: the queries are the key block, the other keys the same view; no negatives
     back_rows, back_pairs = _direction(
-        k, q, k if same_view_negatives else None, None, labels, None, in_batch=True, **common
+        k,
+        q,
+        k if same_view_negatives else None,
+        None,
+        labels,
+        None,
+        in_batch=True,
+        guide=back,
+        **common,
     )
     return (rows + back_rows) / 2, (int(pairs.sum()) + int(back_pairs.sum())) / 2
 

@@ -74,6 +74,33 @@ ST_VARIANTS = {
 }
 
 
+def _st_gist(*guide: Any, **kwargs: Any) -> Any:
+    """sentence-transformers' own GISTEmbedLoss.forward on given embeddings: its model and
+    guide model (which only embed the columns) are stood in for by the embeddings."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sentence_transformers", reason="the ST peer")
+    from sentence_transformers.sentence_transformer.losses import gist_embed
+
+    def loss(*embeddings: Any) -> Any:
+        peer = gist_embed.GISTEmbedLoss.__new__(gist_embed.GISTEmbedLoss)
+        torch.nn.Module.__init__(peer)
+        peer.model = peer.guide = None
+        peer.must_retokenize, peer.gather_across_devices = False, False
+        peer.similarity_fct = torch.nn.CosineSimilarity(dim=-1)
+        peer.cross_entropy_loss = torch.nn.CrossEntropyLoss()
+        for name, value in kwargs.items():
+            setattr(peer, name, value)
+        columns = iter([list(embeddings), [torch.asarray(g) for g in guide]])
+        embed = gist_embed.embed_columns
+        gist_embed.embed_columns = lambda model, features: next(columns)
+        try:
+            return peer.forward([{}] * len(embeddings), None)
+        finally:
+            gist_embed.embed_columns = embed
+
+    return loss
+
+
 def cases() -> dict[str, tuple[Callable[..., Any], Callable[..., Any], list[np.ndarray]]]:
     """Name: (ours on arrays of any backend, the peer on torch tensors, the float inputs).
     Labels are fixed NumPy arrays, converted inside."""
@@ -128,7 +155,34 @@ def cases() -> dict[str, tuple[Callable[..., Any], Callable[..., Any], list[np.n
                 ),
                 [a, p, *hard[:columns]],
             )
+    guides = list(rng.normal(size=(3, 10, 4)))
+    for strategy, margin, ca, cp, columns in (
+        ("absolute", 0.0, True, True, 1),
+        ("absolute", 0.1, False, True, 0),
+        ("relative", 0.05, True, False, 1),
+    ):
+        settings = {
+            "temperature": 0.05,
+            "margin_strategy": strategy,
+            "margin": margin,
+            "contrast_anchors": ca,
+            "contrast_positives": cp,
+        }
+        g = guides[: 2 + columns]
+        out[f"st.GISTEmbedLoss({strategy}, {margin}, {ca}, {cp}, {columns} columns)"] = (
+            lambda *e, s=settings, g=g: st.GISTEmbedLoss(**s)(e, _like(e[0], g)),
+            lambda *e, s=settings, g=g: _st_gist(*g, **s)(*e),
+            [a, p + 0.5 * a, *hard[:columns]],
+        )
     return out
+
+
+def _like(x: Any, arrays: list[np.ndarray]) -> tuple[Any, ...]:
+    """NumPy arrays as arrays of ``x``'s library (a guide is data, like labels)."""
+    from infonce_xp._namespaces import array_namespace
+
+    xp = array_namespace(x)
+    return tuple(xp.asarray(a.astype(np.float64)) for a in arrays)
 
 
 CASES = cases()
@@ -206,7 +260,14 @@ def test_tiles_change_nothing():
 
 # The constructors ------------------------------------------------------------------------
 
-LEFT_OUT = {"model", "similarity_fct", "cache_labels", "use_horovod", "memory_bank_size"}
+LEFT_OUT = {
+    "model",
+    "guide",
+    "similarity_fct",
+    "cache_labels",
+    "use_horovod",
+    "memory_bank_size",
+}
 
 
 def _parameters(f: Any) -> list[tuple[str, Any]]:
@@ -245,6 +306,9 @@ def test_constructors_mirror_the_ported_peers():
         ("rank", 0),
         ("world_size", 1),
     ]
+    from sentence_transformers.sentence_transformer.losses import gist_embed
+
+    assert _parameters(st.GISTEmbedLoss) == _parameters(gist_embed.GISTEmbedLoss)
     empty = inspect.Parameter.empty
     assert _parameters(optax.ntxent) == [
         ("embeddings", empty),

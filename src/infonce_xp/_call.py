@@ -56,12 +56,14 @@ def check_call(
     temperature: Any = None,
     xp: Namespace | None = None,
     supervised: bool = False,
+    guide: Any = None,
 ) -> Call:
     """Check a call's arrays against ``options``, before any computation.
 
     ``temperature`` overrides ``options.temperature`` (a module's learned one, positive by
     construction, so not read); ``xp`` None infers the namespace from the arrays.
     ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
+    ``guide``: a guide model's embeddings of the query, positive key (and negatives) rows.
 
     The checks read static facts only, so a call whose facts (the ``options`` object, and the
     name, type, shape, dtype and device of each array) passed before is not checked again: its
@@ -79,6 +81,8 @@ def check_call(
     ):
         if x is not None:
             given[name] = x
+    if guide is not None:
+        given |= _guides(guide, negative_keys is not None)
     key: Any = None
     t = options.temperature if temperature is None else temperature
     if type(t) in (float, int) and not torch_compiling():
@@ -108,12 +112,17 @@ def _check_call(
 ) -> Call:
     """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
-    named = {first if k == _directions.QUERY else k: x for k, x in given.items() if k not in _TAGS}
+    named = {
+        first if k == _directions.QUERY else k: x
+        for k, x in given.items()
+        if k not in _TAGS and k not in _directions.GUIDE_NAMES
+    }
     if supervised and _directions.LABELS not in given:
         raise TypeError("labels must be an array of integer class ids, one per row; got None")
     tags = {k: x for k, x in given.items() if k in _TAGS}
+    guides = {k: x for k, x in given.items() if k in _directions.GUIDE_NAMES}
     negative_keys = given.get(_directions.NEGATIVES)
-    for name, x in [*named.items(), *tags.items()]:
+    for name, x in [*named.items(), *tags.items(), *guides.items()]:
         if not is_array_api_obj(x):
             kind = "integer class ids" if name in tags else "(NumPy, torch, JAX, CuPy, ...)"
             raise TypeError(f"{name} must be an array {kind}; got {describe(x)}")
@@ -123,7 +132,7 @@ def _check_call(
     if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
     t_array = is_array_api_obj(temperature)
-    everything = named | tags | ({"temperature": temperature} if t_array else {})
+    everything = named | tags | guides | ({"temperature": temperature} if t_array else {})
     if xp is not None and not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
     kinds = ", ".join(
@@ -171,6 +180,7 @@ def _check_call(
             f"in_batch_negatives={options.in_batch_negatives!r}"
         )
     _check_labels(xp, named, tags, mode)
+    _check_guides(xp, options, named | guides)
     hardness = None
     if options.hardness_mode is not None and options.hardness_strength > 0:
         hardness = (options.hardness_mode, float(options.hardness_strength))
@@ -181,6 +191,9 @@ def _check_call(
                 "negative_mode='paired' (with share_negatives=True to share them); got "
                 f"unpaired negative_keys of shape {tuple(negative_keys.shape)}"
             )
+    guided = None
+    if options.guide_margin is not None:
+        guided = (float(options.guide_margin), options.guide_strategy, bool(guides))
     config = _directions.Config(
         "in-batch" if negative_keys is None else mode,
         options.symmetric and not supervised,
@@ -197,11 +210,43 @@ def _check_call(
         options.decoupled,
         options.decoupled_sigma,
         () if supervised else options.joint_directions,
+        guided,
     )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
     floats = {k: x for k, x in given.items() if k not in _TAGS}
     plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()), floats)
     return Call(xp, given, temperature, plan, options)
+
+
+def _guides(guide: Any, negatives: bool) -> dict[str, Any]:
+    """The guide's arrays by name: one per input array, in the inputs' order."""
+    names = [_directions.QUERY, _directions.KEY] + ([_directions.NEGATIVES] if negatives else [])
+    if not isinstance(guide, (tuple, list)) or len(guide) != len(names):
+        raise TypeError(
+            f"guide must be a tuple of {len(names)} arrays, the guide's embeddings of "
+            f"{', '.join(names)}; got {describe(guide)}"
+        )
+    return {_directions.GUIDE_OF[name]: x for name, x in zip(names, guide)}
+
+
+def _check_guides(xp: Namespace, options: Options, named: dict[str, Array]) -> None:
+    """The guide's arrays: floating, one row per row of the array each guides, one width."""
+    guides = {k: x for k, x in named.items() if k in _directions.GUIDE_NAMES}
+    if guides and options.guide_margin is None:
+        raise ValueError("guide= gives the similarities of guide_margin: it needs guide_margin")
+    widths = set()
+    for name, x in guides.items():
+        guided = named[name.removeprefix("guide_")]
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"{name} must have a real floating dtype; got {x.dtype}")
+        if x.ndim != guided.ndim or tuple(x.shape[:-1]) != tuple(guided.shape[:-1]):
+            raise ValueError(
+                f"{name} must have the rows of {name.removeprefix('guide_')}: shape "
+                f"{(*guided.shape[:-1], 'D_guide')}; got {tuple(x.shape)}"
+            )
+        widths.add(x.shape[-1])
+    if len(widths) > 1:
+        raise ValueError(f"the guide's arrays must share one width; got {sorted(widths)}")
 
 
 def _check_labels(
@@ -294,12 +339,15 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
         pairs.append((_directions.ALL_QUERIES, _directions.QUERY))
     if pairs and config.labelled:
         pairs.append((_directions.ALL_LABELS, "labels"))
+    guides = _directions.GUIDE_OF
+    pairs += [(guides[a], guides[b]) for a, b in pairs if guides.get(b) in arrays]
     for everyone, mine in pairs:
         arrays[everyone] = _gather(gather, arrays[mine], mine)
     if config.mode == "unpaired" or config.share:  # used only through the gathered ones
         for everyone, mine in (
             (_directions.ALL_NEGATIVES, "negative_keys"),
             (_directions.ALL_NEGATIVE_LABELS, "negative_labels"),
+            (guides[_directions.ALL_NEGATIVES], guides[_directions.NEGATIVES]),
         ):
             if mine in arrays:
                 arrays[everyone] = _gather(gather, arrays.pop(mine), mine)

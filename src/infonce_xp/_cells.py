@@ -65,6 +65,11 @@ class Problem(NamedTuple):
     # columns, see _directions._HARD; whether every paired cell), or None
     unseen: Any = ()  # further hidden shared cells: (start, stop, group size, row offset) each,
     # hiding row offset + i's group of columns in [start, stop) for anchor i
+    guide_anchor: Any = None  # (N, Dg): a guide's anchors, whose similarities mask cells
+    guide_shared: Any = None  # (M, Dg): the guide's shared candidates
+    guide_paired: Any = None  # (N, Mp, Dg): the guide's paired candidates
+    threshold: Any = None  # (N,): a cell whose guide similarity (without a guide: whose logit)
+    # is above its row's threshold is hidden, the own positive excepted; None: no masking
 
 
 class Saved(NamedTuple):
@@ -107,12 +112,14 @@ def shared_cells(
     y: Any,
     cy: Any,
     lab: Any,
+    g: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
     """``(hidden, positive, part, hard)`` of one tile of shared logits (rows from ``row0``,
     columns from ``col0``; columns past the shared block are padding if ``padded``). ``y``,
-    ``cy``, ``lab``: the tile's labels (or None). ``part``: each column's block where each
-    block has its own log-sum-exp (``decoupled="blocks"``), else None. ``hard``: the cells
-    whose logits hardness weighs (see :func:`harden`), or None."""
+    ``cy``, ``lab``: the tile's labels (or None); ``g``: the guide's similarities of the tile
+    (or None). ``part``: each column's block where each block has its own log-sum-exp
+    (``decoupled="blocks"``), else None. ``hard``: the cells whose logits hardness weighs (see
+    :func:`harden`), or None."""
     rows = xp.arange(z.shape[0], device=device(z))[:, None] + row0
     cols = xp.arange(z.shape[1], device=device(z))[None, :] + col0
     hidden = cols >= p.shared.shape[0] if padded else None
@@ -124,6 +131,7 @@ def shared_cells(
         mine = (cols >= first) & (cols < stop) & ((cols - first) // size == rows + offset)
         hidden = mine if hidden is None else hidden | mine
     own = None if p.own is None else cols == rows + p.own
+    hidden = _or(hidden, _guided(p, z, g, own))
     same = None
     if y is not None and cy is not None:
         same = y[:, None] == cy[None, :]
@@ -136,6 +144,15 @@ def shared_cells(
             part = part + xp.astype(cols >= first, xp.int32)
     hidden, positive = _classify(xp, p.positives, hidden, own, same)
     return hidden, positive, part, _hard(xp, p, rows, cols, positive)
+
+
+def _guided(p: Problem, z: Array, g: Any, own: Any) -> Any:
+    """The cells that false-negative masking hides: a guide similarity (without a guide, the
+    logit) above the row's threshold, the own positive excepted; None without masking."""
+    if p.threshold is None:
+        return None
+    above = (z if g is None else g) > p.threshold[:, None]
+    return above if own is None else above & ~own
 
 
 def _hard(xp: Namespace, p: Problem, rows: Array, cols: Array, positive: Any) -> Any:
@@ -152,15 +169,17 @@ def _hard(xp: Namespace, p: Problem, rows: Array, cols: Array, positive: Any) ->
     return hard if hard is None or positive is None else hard & ~positive
 
 
-def paired_cells(xp: Namespace, p: Problem, z: Array, y: Any, py: Any) -> tuple[Any, Any, Any, Any]:
-    """Masks of the paired logits (n, Mp) of some rows, with their labels (or None), their
-    part and their hard cells (see ``shared_cells``)."""
+def paired_cells(
+    xp: Namespace, p: Problem, z: Array, y: Any, py: Any, g: Any = None
+) -> tuple[Any, Any, Any, Any]:
+    """Masks of the paired logits (n, Mp) of some rows, with their labels (or None), the
+    guide's similarities (or None), their part and their hard cells (see ``shared_cells``)."""
     same = None if y is None or py is None else y[:, None] == py
     part = None if p.parts is None else len(p.parts)  # after the shared blocks
     hard = None
     if p.hard is not None and p.hard[1]:
         hard = xp.ones(z.shape, dtype=xp.bool, device=device(z))
-    return (*_classify(xp, p.positives, None, None, same), part, hard)
+    return (*_classify(xp, p.positives, _guided(p, z, g, None), None, same), part, hard)
 
 
 def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any, Any, Any]:

@@ -19,11 +19,13 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
     tiles = []  # (kind, logits, masks) of each block
     if p.shared is not None:
         z = _blocks.logits(xp, "shared", scaled, p.shared)
-        cells = _cells.shared_cells(xp, p, z, 0, 0, False, p.labels, p.shared_labels, p.labelled)
-        tiles.append(("shared", z, cells))
+        g = _guide(xp, "shared", p, p.guide_shared)
+        y, cy, lab = p.labels, p.shared_labels, p.labelled
+        tiles.append(("shared", z, _cells.shared_cells(xp, p, z, 0, 0, False, y, cy, lab, g)))
     if p.paired is not None:
         z = _blocks.logits(xp, "paired", scaled, p.paired)
-        tiles.append(("paired", z, _cells.paired_cells(xp, p, z, p.labels, p.paired_labels)))
+        g = _guide(xp, "paired", p, p.guide_paired)
+        tiles.append(("paired", z, _cells.paired_cells(xp, p, z, p.labels, p.paired_labels, g)))
     if p.positive is not None:
         z = _blocks.logits(xp, "own", scaled, p.positive)
         tiles.append(("own", z, _cells.own_cells(xp, z)))
@@ -38,12 +40,17 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
     return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count)
 
 
+def _guide(xp: Namespace, kind: str, p: Problem, block: Any) -> Any:
+    """The guide's similarities of a block, or None without a guide."""
+    return None if block is None else _blocks.logits(xp, kind, p.guide_anchor, block)
+
+
 def _one_pass(p: Problem) -> bool:
     """Whether ``_shared_only`` computes the direction: one shared block holds every cell, and
     the row's positives are all there (the own one, and same-class cells for "supcon")."""
     if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0:
         return False
-    if p.decoupled or p.hard is not None or p.unseen:
+    if p.decoupled or p.hard is not None or p.unseen or p.threshold is not None:
         return False
     return p.positives == "supcon" or (p.positives == "own" and p.own is not None)
 

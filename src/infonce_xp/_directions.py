@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from ._arrays import device
+from ._arrays import device, row_dot
 from ._cells import Problem, vmf_weights
 from ._typing import Array, Namespace
 
@@ -20,6 +20,13 @@ ALL_LABELS, ALL_NEGATIVE_LABELS = "all_labels", "all_negative_labels"
 LABEL_NAMES = (LABELS, NEGATIVE_LABELS, ALL_LABELS, ALL_NEGATIVE_LABELS)
 # The gathered arrays and the local ones whose gradient theirs is.
 HOME = {ALL_KEYS: KEY, ALL_QUERIES: QUERY, ALL_NEGATIVES: NEGATIVES}
+# A guide model's embeddings of the same rows (false-negative masking): floating arrays that
+# get no gradient, by the name of the array they guide.
+GUIDE_OF = {
+    name: "guide_" + name for name in (QUERY, KEY, NEGATIVES, ALL_QUERIES, ALL_KEYS, ALL_NEGATIVES)
+}
+GUIDE_NAMES = tuple(GUIDE_OF.values())
+CONSTANT_NAMES = LABEL_NAMES + GUIDE_NAMES  # the arrays that never get a gradient
 
 
 class Config(NamedTuple):
@@ -40,6 +47,8 @@ class Config(NamedTuple):
     decoupled: bool | str = False  # the own positive out of the denominator (see Options)
     decoupled_sigma: float | None = None  # DCLW's weights of the positive term
     joint: tuple[str, ...] = ()  # the key-anchored directions joining each query's row
+    guided: tuple[float, str, bool] | None = None  # false-negative masking: (margin,
+    # strategy, whether by a guide's embeddings rather than the model's own similarity)
 
 
 class Direction(NamedTuple):
@@ -108,8 +117,8 @@ def directions(config: Config) -> tuple[Direction, ...]:
         second.append((queries, "plain"))
     if "key_to_key" in config.joint:
         second.append((keys, "self"))
-        if config.mode == "unpaired" or config.share:
-            second.append((negatives, "plain" if config.mode == "unpaired" else "grouped-self"))
+        if config.share:
+            second.append((negatives, "grouped-self"))
     out = [
         Direction(
             QUERY,
@@ -222,6 +231,46 @@ def _sides(xp: Namespace, x: Array, side: int, width: int) -> Array:
     return xp.concat([x, zeros] if side == 0 else [zeros, x], axis=-1)
 
 
+def _guides(
+    xp: Namespace, config: Config, d: Direction, units: dict[str, Array], scale: Any
+) -> dict[str, Any]:
+    """False-negative masking's fields of a Problem: each row's threshold, and the guide's
+    arrays laid out as the direction's (grouped, widened); without a guide the threshold is
+    in logits (the model's own similarities, times the scale)."""
+    margin, strategy, by_guide = config.guided  # type: ignore[misc]
+    own = d.own_positive()
+    if own is None:
+        return {}
+    g = GUIDE_OF if by_guide else {name: name for name in units}
+    similarity = row_dot(xp, units[g[d.anchor]], units[g[own]])
+    if not by_guide:  # in logits: the similarity, and an absolute margin, times the scale
+        similarity = similarity * scale
+    if strategy == "absolute":
+        lower = margin if by_guide else margin * scale
+    else:
+        lower = xp.abs(similarity) * margin
+    out: dict[str, Any] = {"threshold": similarity - lower}
+    if not by_guide:
+        return out
+    roles = [(name, role, 0) for name, role in d.shared]
+    roles += [(name, role, 1) for name, role in d.second_shared]
+    anchor, width = units[g[d.anchor]], units[g[d.anchor]].shape[-1]
+    parts = []
+    for name, role, side in roles:
+        block = units[g[name]]
+        if role.startswith("grouped"):
+            block = xp.reshape(block, (block.shape[0] * block.shape[1], block.shape[2]))
+        parts.append(block if d.second is None else _sides(xp, block, side, width))
+    paired = None if d.paired is None else units[g[d.paired]]
+    if d.second is not None:
+        anchor = xp.concat([anchor, units[g[d.second]]], axis=-1)
+        paired = None if paired is None else _sides(xp, paired, 0, width)
+    out["guide_anchor"], out["guide_paired"] = anchor, paired
+    if parts:
+        out["guide_shared"] = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+    return out
+
+
 def problem(
     xp: Namespace,
     config: Config,
@@ -263,6 +312,7 @@ def problem(
     if config.decoupled_sigma is not None and d.own_positive() is not None:
         own_rows = units[d.own_positive() or ""]
         weight = vmf_weights(xp, units[d.anchor], own_rows, config.decoupled_sigma)
+    guides = _guides(xp, config, d, units, scale) if config.guided is not None else {}
     return Problem(
         anchor,
         shared,
@@ -282,6 +332,7 @@ def problem(
         factor,
         hard,
         b.unseen,
+        **guides,
     )
 
 

@@ -33,6 +33,11 @@ labels : array of int, shape (N,), optional
 negative_labels : array of int, shape (M,) or (N, M), optional
     The class ids of ``negative_keys`` (keyword-only; needs ``labels``). Default: explicit
     negatives are never same-class.""",
+    "guide": """\
+guide : tuple of arrays, optional
+    A guide model's embeddings of the query, positive key (and negative) rows, in that
+    order (keyword-only; needs ``guide_margin``): their cosine similarities choose the false
+    negatives that ``guide_margin`` hides. They get no gradient; their width may differ.""",
     "grad_output": """\
 grad_output : array, optional
     The cotangent of the loss, of its shape (0-D, or (N,) with ``reduction="none"``).

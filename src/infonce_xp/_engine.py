@@ -113,7 +113,8 @@ class Plan:
         routes = []
         for d in directions(config):
             hardened = config.hardness is not None and d.anchor == QUERY
-            names = None if config.labelled or config.decoupled or hardened else d.one_positive()
+            cells = config.labelled or config.decoupled or config.guided or hardened
+            names = None if cells else d.one_positive()
             if names and (config.chunk_size is None or (empty and d.anchor == QUERY)):
                 kernel = "fused" if fused else "plain"
                 routes.append(Route(d, kernel, (True, True, True), names))

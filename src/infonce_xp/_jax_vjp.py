@@ -11,7 +11,7 @@ import jax
 
 from ._arrays import array_namespace
 from ._call import Call, gathered
-from ._directions import LABEL_NAMES
+from ._directions import CONSTANT_NAMES
 from ._engine import Plan
 
 
@@ -94,8 +94,8 @@ class JaxAdapter:
     @classmethod
     def value_and_grad(cls, call: Call, grad_output: Any) -> tuple[Any, dict[str, Any]]:
         """``info_nce_value_and_grad`` for JAX arrays: ``jax.vjp`` through ``loss``."""
-        inputs = {k: x for k, x in call.arrays.items() if k not in LABEL_NAMES}
-        labels = {k: x for k, x in call.arrays.items() if k in LABEL_NAMES}
+        inputs = {k: x for k, x in call.arrays.items() if k not in CONSTANT_NAMES}
+        labels = {k: x for k, x in call.arrays.items() if k in CONSTANT_NAMES}
         if not isinstance(call.temperature, (int, float)):
             inputs["temperature"] = call.temperature
 

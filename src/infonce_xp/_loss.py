@@ -32,6 +32,7 @@ def info_nce(
     *,
     labels: Array | None = None,
     negative_labels: Array | None = None,
+    guide: tuple[Array, ...] | None = None,
     xp: Namespace | None = None,
     **options: Any,
 ) -> Array:
@@ -51,6 +52,7 @@ def info_nce(
     %(seed_options)s
     %(options)s
     %(labels_both)s
+    %(guide)s
     %(xp)s
 
     Returns
@@ -89,7 +91,9 @@ def info_nce(
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     return evaluate(
-        check_call(opts, query, positive_key, negative_keys, labels, negative_labels, xp=xp)
+        check_call(
+            opts, query, positive_key, negative_keys, labels, negative_labels, xp=xp, guide=guide
+        )
     )
 
 
@@ -104,6 +108,7 @@ def info_nce_value_and_grad(
     *,
     labels: Array | None = None,
     negative_labels: Array | None = None,
+    guide: tuple[Array, ...] | None = None,
     grad_output: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
@@ -121,6 +126,7 @@ def info_nce_value_and_grad(
     %(seed_options)s
     %(options)s
     %(labels_both)s
+    %(guide)s
     %(grad_output)s
     %(xp)s
 
@@ -144,7 +150,8 @@ def info_nce_value_and_grad(
     ((8, 16), True)
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
-    call = check_call(opts, query, positive_key, negative_keys, labels, negative_labels, xp=xp)
+    arrays = (query, positive_key, negative_keys, labels, negative_labels)
+    call = check_call(opts, *arrays, xp=xp, guide=guide)
     if grad_output is not None:
         n: int = call.arrays["query"].shape[0]
         check_grad_output(call, grad_output, (n,) if opts.reduction == "none" else ())
@@ -199,9 +206,10 @@ class InfoNCE:
         *,
         labels: Array | None = None,
         negative_labels: Array | None = None,
+        guide: tuple[Array, ...] | None = None,
     ) -> Array:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        return evaluate(check_call(self.options, *arrays))
+        return evaluate(check_call(self.options, *arrays, guide=guide))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"

@@ -143,7 +143,7 @@ joint_directions : tuple of {"key_to_query", "key_to_key"}, default ()
     (GTE's improved contrastive loss; sentence-transformers' ``partition_mode="joint"``):
     "key_to_query", the key against every query (its own query included, as a candidate);
     "key_to_key", the key against every other key and, with ``share_negatives``, every other
-    row's negatives (unpaired negatives: all). The positive stays the query's own key. The
+    row's negatives. The positive stays the query's own key. The
     query's other queries join with ``same_view_negatives=True``; not with
     ``symmetric=True``, whose directions have a row each."""
         ),
@@ -177,6 +177,28 @@ hardness_mode : {None, "in_batch_negatives", "hard_negatives", "all_negatives"},
             """
 hardness_strength : float, default 0.0
     The weight ``alpha >= 0`` of ``hardness_mode`` (0: no effect)."""
+        ),
+    )
+    guide_margin: float | None = field(
+        default=None,
+        metadata=_about(
+            """
+guide_margin : float, optional
+    False-negative masking (GISTEmbed, Solatorio 2024): a candidate whose guide similarity
+    to the row's anchor exceeds that of the row's own positive, less the margin, is hidden
+    (left out of the denominator, never NaN). The similarities are those of the ``guide=``
+    embeddings given at the call, or without them the model's own (held constant in the
+    gradient). None (the default): no masking."""
+        ),
+    )
+    guide_strategy: str = field(
+        default="absolute",
+        metadata=_about(
+            """
+guide_strategy : {"absolute", "relative"}, default "absolute"
+    How ``guide_margin`` lowers the threshold ``g`` (the guide similarity of the own
+    positive): "absolute", ``g - margin``; "relative", ``g - |g| * margin``. A candidate is
+    hidden when its guide similarity is strictly above the threshold."""
         ),
     )
     decoupled: bool | str = field(
@@ -269,6 +291,12 @@ gather : callable, optional
                 "share_negatives shares each row's own negatives with every query: it needs "
                 f"negative_mode='paired'; got negative_mode={self.negative_mode!r}"
             )
+        margin = self.guide_margin
+        if margin is not None:
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+                raise TypeError(f"guide_margin must be None or a number; got {describe(margin)}")
+            check_number("guide_margin", abs(margin), positive=False)
+        check_choice("guide_strategy", self.guide_strategy, ("absolute", "relative"))
         check_choice("hardness_mode", self.hardness_mode, HARDNESS_MODES)
         check_number("hardness_strength", self.hardness_strength, positive=False)
         check_choice("decoupled", self.decoupled, DECOUPLED)

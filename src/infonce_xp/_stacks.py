@@ -29,7 +29,8 @@ def layout(shapes: dict[str, tuple[int, ...]], fusing: bool = False) -> Layout:
 
     Stacking saves each operation's fixed cost, which is what small arrays pay for; large ones
     would pay for the copy instead, and for a working set beyond the caches. So neighbours (in
-    the order of ``shapes``) share a stack while it holds at most ``STACK_LIMIT`` entries.
+    the order of ``shapes``) of one width share a stack while it holds at most
+    ``STACK_LIMIT`` entries.
     Where a compiler fuses the operations anyway (``fusing``: XLA, ``torch.compile``), each
     array is its own group.
     """
@@ -40,7 +41,7 @@ def layout(shapes: dict[str, tuple[int, ...]], fusing: bool = False) -> Layout:
     for name, shape in shapes.items():
         shape = tuple(shape)
         entries, rows = math.prod(shape), math.prod(shape[:-1])
-        if group and size + entries > limit:
+        if group and (size + entries > limit or shape[-1] != group[-1][1][-1]):
             out.append(tuple(group))
             group, size = [], 0
         group.append((name, shape, rows))

@@ -108,14 +108,24 @@ def collect(
 
 # The tiled execution ----------------------------------------------------------------------
 
-_ROW_FIELDS = ("labels", "paired", "paired_labels", "positive", "weight")
+# The Problem's fields with a row per anchor: a row block reads its own rows of them.
+_ROW_FIELDS = (
+    "labels",
+    "paired",
+    "paired_labels",
+    "positive",
+    "weight",
+    "guide_anchor",
+    "guide_paired",
+    "threshold",
+)
 
 
 def _row_blocks(
     xp: Namespace, p: Problem, scaled: Array, chunk: int, *extra: Array
 ) -> tuple[Any, ...]:
-    """The per-row inputs of a scan over row blocks (labels, paired block and own positives
-    where present)."""
+    """The per-row inputs of a scan over row blocks: the scaled anchors, the first row, the
+    row fields of ``p`` where present, and ``extra``."""
     n = scaled.shape[0]
     xs = [blocks(xp, scaled, chunk), starts(xp, n, chunk, scaled)]
     for x in [getattr(p, name) for name in _ROW_FIELDS] + list(extra):
@@ -124,49 +134,53 @@ def _row_blocks(
     return tuple(xs)
 
 
-def _unpack(p: Problem, x: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``(scaled, row0, labels, paired, paired labels, positive, weight, *extra)`` of a row
-    block, None where absent."""
+def _unpack(p: Problem, x: tuple[Any, ...]) -> tuple[Any, Any, Problem, list[Any]]:
+    """``(scaled, row0, p_i, extra)`` of a row block: ``p_i`` is ``p`` with the block's rows
+    of its row fields."""
     it = iter(x)
     scaled_i, row0 = next(it), next(it)
-    present = [next(it) if getattr(p, name) is not None else None for name in _ROW_FIELDS]
-    return (scaled_i, row0, *present, *it)
+    mine = {name: next(it) for name in _ROW_FIELDS if getattr(p, name) is not None}
+    return scaled_i, row0, p._replace(**mine), list(it)
 
 
 def _key_blocks(xp: Namespace, p: Problem, chunk: int) -> tuple[Any, ...] | None:
-    """The shared candidates in blocks, with their first column and labels; None if none."""
+    """The shared candidates in blocks, with their first column, labels and guide rows; None
+    if none."""
     keys = p.shared
     if keys is None or keys.shape[0] == 0:
         return None
     xs = [blocks(xp, keys, chunk), starts(xp, keys.shape[0], chunk, keys)]
-    for x in (p.shared_labels, p.labelled):
+    for x in (p.shared_labels, p.labelled, p.guide_shared):
         if x is not None:
             xs.append(blocks(xp, x, chunk))
     return tuple(xs)
 
 
-def _key_tile(
-    xp: Namespace, p: Problem, scaled_i: Array, row0: Any, y: Any, key: tuple[Any, ...]
-) -> Any:
-    """Logits and masks of one shared tile."""
+def _key_tile(xp: Namespace, p_i: Problem, scaled_i: Array, row0: Any, key: tuple[Any, ...]) -> Any:
+    """Keys, logits and masks of one shared tile (``p_i``: the row block's problem)."""
     it = iter(key)
     keys, col0 = next(it), next(it)
-    cy = next(it) if p.shared_labels is not None else None
-    lab = next(it) if p.labelled is not None else None
+    cy = next(it) if p_i.shared_labels is not None else None
+    lab = next(it) if p_i.labelled is not None else None
+    guide = next(it) if p_i.guide_shared is not None else None
     z = logits(xp, "shared", scaled_i, keys)
-    return keys, z, shared_cells(xp, p, z, row0, col0, True, y, cy, lab)
+    g = None if guide is None else logits(xp, "shared", p_i.guide_anchor, guide)
+    return keys, z, shared_cells(xp, p_i, z, row0, col0, True, p_i.labels, cy, lab, g)
 
 
-def _own_tiles(xp: Namespace, p: Problem, scaled_i: Array, rows: tuple[Any, ...]) -> list[Any]:
+def _own_tiles(xp: Namespace, p_i: Problem, scaled_i: Array) -> list[Any]:
     """``(kind, block, logits, masks)`` of a row block's own blocks: paired and own positive."""
-    _, _, y, paired, py, positive = rows[:6]
     out = []
-    if paired is not None:
-        z = logits(xp, "paired", scaled_i, paired)
-        out.append(("paired", paired, z, paired_cells(xp, p, z, y, py)))
-    if positive is not None:
-        z = logits(xp, "own", scaled_i, positive)
-        out.append(("own", positive, z, own_cells(xp, z)))
+    if p_i.paired is not None:
+        z = logits(xp, "paired", scaled_i, p_i.paired)
+        g = None
+        if p_i.guide_paired is not None:
+            g = logits(xp, "paired", p_i.guide_anchor, p_i.guide_paired)
+        masks = paired_cells(xp, p_i, z, p_i.labels, p_i.paired_labels, g)
+        out.append(("paired", p_i.paired, z, masks))
+    if p_i.positive is not None:
+        z = logits(xp, "own", scaled_i, p_i.positive)
+        out.append(("own", p_i.positive, z, own_cells(xp, z)))
     return out
 
 
@@ -204,23 +218,24 @@ def forward(
     key_blocks = _key_blocks(xp, p, chunk)
 
     def each_tile(rows: tuple[Any, ...], visit: Any, carry: Any) -> Any:
-        scaled_i, row0, y = rows[:3]
+        scaled_i, row0, p_i, _ = rows
         if key_blocks is not None:
 
             def key_block(c: Any, key: tuple[Any, ...]) -> Any:
-                _, z, masks = _key_tile(xp, p, scaled_i, row0, y, key)
+                _, z, masks = _key_tile(xp, p_i, scaled_i, row0, key)
                 return visit(c, z, masks), None
 
             carry, _ = scan(key_block, carry, key_blocks)
-        for _, _, z, masks in _own_tiles(xp, p, scaled_i, rows):
+        for _, _, z, masks in _own_tiles(xp, p_i, scaled_i):
             carry = visit(carry, z, masks)
         return carry
 
     def row_block(_: None, x: tuple[Any, ...]) -> Any:
         rows = _unpack(p, x)
+        p_i = rows[2]
 
         def first(c: Any, z: Array, masks: Any) -> Any:
-            return first_pass(xp, p, c, z, masks, mine=True)
+            return first_pass(xp, p_i, c, z, masks, mine=True)
 
         def second(lse_negatives: Array, sums: Any) -> Any:
             def visit(c: Any, z: Array, masks: Any) -> Any:
@@ -229,8 +244,7 @@ def forward(
             return each_tile(rows, visit, sums)
 
         stats = each_tile(rows, first, start(xp, p, rows[0].shape[0], rows[0]))
-        mine = p if p.weight is None else p._replace(weight=rows[6])  # the block's weights
-        out, count, residual = finish(xp, mine, stats, second)
+        out, count, residual = finish(xp, p_i, stats, second)
         return None, (out, count, *residual)
 
     _, out = scan(row_block, None, _row_blocks(xp, p, p.anchor * scale, chunk))
@@ -256,24 +270,22 @@ def backward(
     writes = grad_keys is not None and in_place(xp, grad_keys, scaled, weight)
 
     def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
-        rows = _unpack(p, x)
-        scaled_i, row0, y = rows[:3]
-        anchor_i, weight_i, *residual = rows[7:]
+        scaled_i, row0, p_i, (anchor_i, weight_i, *residual) = _unpack(p, x)
         weighted_i = anchor_i * weight_i[:, None]
         pulled = xp.zeros_like(anchor_i)
         if key_blocks is not None:
 
             def key_block(pulled: Array, key: tuple[Any, ...]) -> Any:
-                keys, z, masks = _key_tile(xp, p, scaled_i, row0, y, key)
-                r = response(xp, p, tuple(residual), z, masks, mine=True)
+                keys, z, masks = _key_tile(xp, p_i, scaled_i, row0, key)
+                r = response(xp, p_i, tuple(residual), z, masks, mine=True)
                 return pulled + r @ keys, (r.T @ weighted_i,)
 
             pulled, (grad_keys,) = collect(
                 xp, scan, key_block, pulled, key_blocks, (grad_keys,), writes
             )
         outs = []
-        for kind, block, z, masks in _own_tiles(xp, p, scaled_i, rows):
-            r = response(xp, p, tuple(residual), z, masks, mine=True)
+        for kind, block, z, masks in _own_tiles(xp, p_i, scaled_i):
+            r = response(xp, p_i, tuple(residual), z, masks, mine=True)
             pulled = pulled + pull(kind, r, block)
             outs.append(push(kind, r, weighted_i))
         return grad_keys, (pulled * weight_i[:, None], *outs)

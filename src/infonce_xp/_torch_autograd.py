@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._call import Call, gathered
-from ._directions import LABEL_NAMES
+from ._directions import CONSTANT_NAMES
 from ._engine import Plan
 
 
@@ -178,12 +178,12 @@ class TorchAdapter:
             inputs = {
                 name: x.detach().requires_grad_()
                 for name, x in call.arrays.items()
-                if name not in LABEL_NAMES
+                if name not in CONSTANT_NAMES
             }
             temperature = call.temperature
             if isinstance(temperature, torch.Tensor):
                 inputs["temperature"] = temperature = temperature.detach().requires_grad_()
-            arrays = {k: v for k, v in call.arrays.items() if k in LABEL_NAMES}
+            arrays = {k: v for k, v in call.arrays.items() if k in CONSTANT_NAMES}
             arrays |= {k: v for k, v in inputs.items() if k != "temperature"}
             loss = cls.loss(call._replace(arrays=arrays, temperature=temperature))
             grad = torch.ones_like(loss) if grad_output is None else grad_output

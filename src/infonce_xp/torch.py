@@ -105,7 +105,8 @@ class InfoNCE(_Loss):
 
     The constructor of :class:`infonce_xp.InfoNCE`, plus ``learn_temperature``. The options are
     checked once, here, and kept in ``options``; each is also an attribute. ``labels`` and
-    ``negative_labels`` are keyword arguments of the call, as in :func:`infonce_xp.info_nce`.
+    ``negative_labels`` (and ``guide``) are keyword arguments of the call, as in
+    :func:`infonce_xp.info_nce`.
 
     Parameters
     ----------
@@ -156,9 +157,10 @@ class InfoNCE(_Loss):
         *,
         labels: torch.Tensor | None = None,
         negative_labels: torch.Tensor | None = None,
+        guide: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        call = check_call(self.options, *arrays, temperature=self._learned())
+        call = check_call(self.options, *arrays, temperature=self._learned(), guide=guide)
         loss: torch.Tensor = evaluate(call)
         return loss
 

@@ -18,7 +18,7 @@ from .._namespaces import array_namespace
 from .._typing import Array
 from ._common import check_flag, torch_gather
 
-__all__ = ["MultipleNegativesRankingLoss"]
+__all__ = ["GISTEmbedLoss", "MultipleNegativesRankingLoss"]
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITIONS = ("joint", "per_direction")
@@ -163,6 +163,118 @@ class MultipleNegativesRankingLoss:
             f"{self.gather_across_devices!r}, directions={self.directions!r}, partition_mode="
             f"{self.partition_mode!r}, hardness_mode={self.hardness_mode!r}, "
             f"hardness_strength={self.hardness_strength!r})"
+        )
+
+
+class GISTEmbedLoss:
+    """``sentence_transformers.losses.GISTEmbedLoss`` on embeddings and a guide's embeddings.
+
+    Each anchor is scored against every positive (its own the target), and optionally the
+    other anchors, every positive's similarity to the other positives (scored by the row's
+    positive) and one column of negatives; a candidate whose guide similarity to the row
+    exceeds the guide similarity of the row's own pair, less the margin, is left out (a false
+    negative). ``info_nce(anchor, positive, negative, temperature, in_batch_negatives=True,
+    same_view_negatives=contrast_anchors, joint_directions=("key_to_key",) if
+    contrast_positives, guide_margin=margin, guide_strategy=margin_strategy, guide=...)``.
+    The model and the guide model are left out: the call takes both models' embeddings,
+    ``loss((anchor, positive[, negative]), (guide_anchor, guide_positive[, guide_negative]))``.
+
+    Parameters
+    ----------
+    temperature : float, default 0.01
+        The cosine similarities are divided by it.
+    margin_strategy : {"absolute", "relative"}, default "absolute"
+        A candidate is hidden when its guide similarity is above ``g - margin``
+        ("absolute") or ``g - |g| * margin`` ("relative"), ``g`` that of the row's own pair.
+    margin : float, default 0.0
+        The margin.
+    contrast_anchors, contrast_positives : bool, default True
+        Whether the other anchors, and the positives' similarities among themselves, are
+        candidates too.
+    gather_across_devices : bool, default False
+        As in :class:`MultipleNegativesRankingLoss` (not yet with ``contrast_anchors``:
+        sentence-transformers keeps that block local).
+    chunk_size : int, optional
+        Keyword-only: compute in tiles of this many rows (see :func:`infonce_xp.info_nce`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from infonce_xp.peers import sentence_transformers as st
+    >>> rng = np.random.default_rng(0)
+    >>> anchor, positive, guide_anchor, guide_positive = rng.normal(size=(4, 8, 4))
+    >>> loss = st.GISTEmbedLoss(margin=0.1)((anchor, positive), (guide_anchor, guide_positive))
+    >>> bool(loss > 0)
+    True
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.01,
+        margin_strategy: str = "absolute",
+        margin: float = 0.0,
+        contrast_anchors: bool = True,
+        contrast_positives: bool = True,
+        gather_across_devices: bool = False,
+        *,
+        chunk_size: int | None = None,
+    ) -> None:
+        for name, flag in (
+            ("contrast_anchors", contrast_anchors),
+            ("contrast_positives", contrast_positives),
+            ("gather_across_devices", gather_across_devices),
+        ):
+            check_flag(name, flag)
+        if margin_strategy not in ("absolute", "relative"):
+            raise ValueError(
+                "margin_strategy must be 'absolute' or 'relative'; got " + describe(margin_strategy)
+            )
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise TypeError(f"margin must be a number; got {describe(margin)}")
+        if gather_across_devices and contrast_anchors:
+            raise ValueError(
+                "gather_across_devices=True with contrast_anchors=True is not supported yet "
+                "(sentence-transformers scores the anchors against this process's anchors only)"
+            )
+        self.temperature, self.margin_strategy, self.margin = temperature, margin_strategy, margin
+        self.contrast_anchors, self.contrast_positives = contrast_anchors, contrast_positives
+        self.gather_across_devices = gather_across_devices
+        self._options: dict[str, Any] = {
+            "in_batch_negatives": True,
+            "same_view_negatives": contrast_anchors,
+            "joint_directions": ("key_to_key",) if contrast_positives else (),
+            "guide_margin": margin,
+            "guide_strategy": margin_strategy,
+            "chunk_size": chunk_size,
+        }
+        self._loss = InfoNCE(temperature, **self._options)
+
+    def __call__(self, embeddings: Sequence[Array], guide_embeddings: Sequence[Array]) -> Array:
+        embeddings, guide_embeddings = tuple(embeddings), tuple(guide_embeddings)
+        if len(embeddings) not in (2, 3):
+            raise ValueError(
+                "embeddings must be (anchor, positive) or (anchor, positive, negative); got "
+                f"{len(embeddings)} columns"
+            )
+        if len(guide_embeddings) != len(embeddings):
+            raise ValueError(
+                f"guide_embeddings must have the {len(embeddings)} columns of embeddings; got "
+                f"{len(guide_embeddings)}"
+            )
+        gather = torch_gather(embeddings[0], self.gather_across_devices, "gather_across_devices")
+        loss = self._loss
+        if gather is not None:
+            loss = InfoNCE(self.temperature, gather=gather, **self._options)
+        return loss(*embeddings, guide=guide_embeddings)
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        return (
+            f"GISTEmbedLoss(temperature={self.temperature!r}, margin_strategy="
+            f"{self.margin_strategy!r}, margin={self.margin!r}, contrast_anchors="
+            f"{self.contrast_anchors!r}, contrast_positives={self.contrast_positives!r}, "
+            f"gather_across_devices={self.gather_across_devices!r})"
         )
 
 
