@@ -59,3 +59,26 @@ def check_number(name: str, value: Any, *, positive: bool) -> None:
     if not (0 < value < math.inf if positive else 0 <= value < math.inf):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
+
+
+# The options of the single-set (supervised) form, and the defaults it changes.
+SUPERVISED = ("positives", "normalize", "chunk_size", "gather")
+SUPERVISED_DEFAULTS = {"positives": "supcon"}
+
+
+def check_supervised_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options of the single-set form, with its defaults, checked for names and
+    for a ``positives`` it supports."""
+    unknown = options.keys() - set(SUPERVISED)
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {sorted(unknown)[0]!r}; "
+            f"the keyword-only options are {', '.join(SUPERVISED)}"
+        )
+    options = SUPERVISED_DEFAULTS | options
+    if options["positives"] not in ("supcon", "pairs"):
+        raise ValueError(
+            "positives must be 'supcon' or 'pairs' for one set of rows (there is no own "
+            f"positive); got {options['positives']!r}"
+        )
+    return options

@@ -9,7 +9,8 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._options import FIELDS, KEYWORD_ONLY, OPTION_NAMES, SUPERVISED, SUPERVISED_DEFAULTS
+from ._checks import SUPERVISED, SUPERVISED_DEFAULTS
+from ._options import FIELDS, KEYWORD_ONLY, OPTION_NAMES
 
 # Docstring fragments, filled into literal docstrings by ``fill_doc`` (SciPy's doccer idea).
 FRAGMENTS: dict[str, str] = {

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._call import check_call, check_grad_output
+from ._checks import SUPERVISED, check_supervised_options
 from ._dispatch import adapter_for, evaluate
 from ._docs import option_attributes, with_options, with_supervised_options
-from ._options import SUPERVISED, Options, check_supervised_options
+from ._options import Options
 from ._typing import Array, Namespace, NegativeMode, Reduction
 
 

@@ -406,24 +406,3 @@ def _is_default(value: Any, default: Any) -> bool:
 FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 KEYWORD_ONLY = {name: f for name, f in FIELDS.items() if not f.metadata["seed"]}
 OPTION_NAMES = tuple(FIELDS)
-# The options of the single-set (supervised) form, and the defaults it changes.
-SUPERVISED = ("positives", "normalize", "chunk_size", "gather")
-SUPERVISED_DEFAULTS = {"positives": "supcon"}
-
-
-def check_supervised_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The keyword options of the single-set form, with its defaults, checked for names and
-    for a ``positives`` it supports."""
-    unknown = options.keys() - set(SUPERVISED)
-    if unknown:
-        raise TypeError(
-            f"unexpected keyword argument {sorted(unknown)[0]!r}; "
-            f"the keyword-only options are {', '.join(SUPERVISED)}"
-        )
-    options = SUPERVISED_DEFAULTS | options
-    if options["positives"] not in ("supcon", "pairs"):
-        raise ValueError(
-            "positives must be 'supcon' or 'pairs' for one set of rows (there is no own "
-            f"positive); got {options['positives']!r}"
-        )
-    return options

@@ -10,9 +10,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ._call import check_call
+from ._checks import SUPERVISED, check_supervised_options
 from ._dispatch import evaluate
 from ._docs import option_attributes, with_options, with_supervised_options
-from ._options import SUPERVISED, Options, check_supervised_options
+from ._options import Options
 from ._torch_grad_cache import grad_cache
 
 __all__ = ["AllGather", "InfoNCE", "SupervisedInfoNCE", "all_gather", "grad_cache"]
