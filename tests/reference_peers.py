@@ -33,9 +33,12 @@ def lightly_ntxent(out0: Any, out1: Any, temperature: float = 0.5) -> Any:
     return nn.functional.cross_entropy(logits, labels)
 
 
-def lightly_dcl(out0: Any, out1: Any, temperature: float = 0.1, sigma: Any = None) -> Any:
+def lightly_dcl(
+    out0: Any, out1: Any, temperature: float = 0.1, sigma: Any = None, gathered: bool = False
+) -> Any:
     """lightly 1.5 ``lightly/loss/dcl_loss.py``, ``DCLLoss.forward`` (``DCLWLoss`` with
-    ``sigma``: ``negative_mises_fisher_weights``) in one process."""
+    ``sigma``: ``negative_mises_fisher_weights``); ``gathered``: ``gather_distributed=True``
+    under ``torch.distributed``."""
     import torch
     from torch import nn
 
@@ -43,11 +46,17 @@ def lightly_dcl(out0: Any, out1: Any, temperature: float = 0.1, sigma: Any = Non
         similarity = torch.einsum("nm,nm->n", a.detach(), b.detach()) / sigma
         return 2 - a.shape[0] * nn.functional.softmax(similarity, dim=0)
 
-    def one(a: Any, b: Any) -> Any:
+    def one(a: Any, b: Any, a_all: Any, b_all: Any) -> Any:
         batch_size = a.shape[0]
         diag_mask = torch.eye(batch_size, device=a.device, dtype=torch.bool)
-        sim_00 = torch.einsum("nc,mc->nm", a, a) / temperature
-        sim_01 = torch.einsum("nc,mc->nm", a, b) / temperature
+        if gathered:  # eye_rank
+            import torch.distributed as dist
+
+            diag_mask = torch.zeros(batch_size, a_all.shape[0], dtype=torch.bool)
+            rows = torch.arange(batch_size)
+            diag_mask[rows, dist.get_rank() * batch_size + rows] = True
+        sim_00 = torch.einsum("nc,mc->nm", a, a_all) / temperature
+        sim_01 = torch.einsum("nc,mc->nm", a, b_all) / temperature
         positive_loss = -sim_01[diag_mask]
         if sigma is not None:
             positive_loss = positive_loss * weights(a, b)
@@ -59,7 +68,10 @@ def lightly_dcl(out0: Any, out1: Any, temperature: float = 0.1, sigma: Any = Non
 
     out0 = nn.functional.normalize(out0, dim=1)
     out1 = nn.functional.normalize(out1, dim=1)
-    return 0.5 * (one(out0, out1) + one(out1, out0))
+    out0_all, out1_all = out0, out1
+    if gathered:
+        out0_all, out1_all = lightly_gather(out0), lightly_gather(out1)
+    return 0.5 * (one(out0, out1, out0_all, out1_all) + one(out1, out0, out1_all, out0_all))
 
 
 def open_clip_loss(image_features: Any, text_features: Any, logit_scale: Any) -> Any:
@@ -73,3 +85,52 @@ def open_clip_loss(image_features: Any, text_features: Any, logit_scale: Any) ->
     return (
         F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
     ) / 2
+
+
+def lightly_gather(x: Any) -> Any:
+    """lightly ``lightly/utils/dist.py``: ``torch.cat(gather(x), 0)`` through its
+    ``GatherLayer`` (forward: all-gather; backward: all-reduce of the stacked gradients, this
+    process's row block of the sum)."""
+    import torch
+    import torch.distributed as dist
+
+    class GatherLayer(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, input: Any) -> Any:
+            output = [torch.empty_like(input) for _ in range(dist.get_world_size())]
+            dist.all_gather(output, input)
+            return tuple(output)
+
+        @staticmethod
+        def backward(ctx: Any, *grads: Any) -> Any:
+            all_gradients = torch.stack(grads)
+            dist.all_reduce(all_gradients)
+            return all_gradients[dist.get_rank()]
+
+    return torch.cat(GatherLayer.apply(x), 0)
+
+
+def lightly_ntxent_gathered(out0: Any, out1: Any, temperature: float = 0.5) -> Any:
+    """lightly 1.5 ``NTXentLoss.forward`` with ``gather_distributed=True`` (no memory bank)."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    batch_size = out0.shape[0]
+    out0 = nn.functional.normalize(out0, dim=1)
+    out1 = nn.functional.normalize(out1, dim=1)
+    out0_large, out1_large = lightly_gather(out0), lightly_gather(out1)
+    rank = dist.get_rank()
+    diag_mask = torch.zeros(batch_size, out0_large.shape[0], dtype=torch.bool)  # eye_rank
+    diag_mask[torch.arange(batch_size), rank * batch_size + torch.arange(batch_size)] = True
+    logits_00 = torch.einsum("nc,mc->nm", out0, out0_large) / temperature
+    logits_01 = torch.einsum("nc,mc->nm", out0, out1_large) / temperature
+    logits_10 = torch.einsum("nc,mc->nm", out1, out0_large) / temperature
+    logits_11 = torch.einsum("nc,mc->nm", out1, out1_large) / temperature
+    logits_00 = logits_00[~diag_mask].view(batch_size, -1)
+    logits_11 = logits_11[~diag_mask].view(batch_size, -1)
+    logits = torch.cat(
+        [torch.cat([logits_01, logits_00], dim=1), torch.cat([logits_10, logits_11], dim=1)]
+    )
+    labels = (torch.arange(batch_size) + rank * batch_size).repeat(2)
+    return nn.functional.cross_entropy(logits, labels)
