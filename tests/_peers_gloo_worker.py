@@ -27,9 +27,9 @@ def cases() -> dict[str, tuple[Any, Any, int]]:
     import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from infonce_xp.peers import lightly
+    from infonce_xp.peers import lightly, open_clip
     from infonce_xp.peers import sentence_transformers as st
-    from reference_peers import lightly_dcl, lightly_ntxent_gathered
+    from reference_peers import lightly_dcl, lightly_ntxent_gathered, open_clip_loss
 
     def mnrl(**kwargs: Any) -> tuple[Any, Any]:
         ours = st.MultipleNegativesRankingLoss(10.0, gather_across_devices=True, **kwargs)
@@ -69,6 +69,16 @@ def cases() -> dict[str, tuple[Any, Any, int]]:
             2,
         ),
     }
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for local, with_grad in ((True, True), (True, False), (False, True), (False, False)):
+        ours = open_clip.ClipLoss(local, with_grad, rank, world)
+        out[f"open_clip.ClipLoss({local}, {with_grad})"] = (
+            lambda i, t, ours=ours: ours(i, t, 7.0),
+            lambda i, t, local=local, with_grad=with_grad: open_clip_loss(
+                i, t, 7.0, local, with_grad
+            ),
+            2,
+        )
     return out
 
 

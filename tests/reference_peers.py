@@ -74,14 +74,49 @@ def lightly_dcl(
     return 0.5 * (one(out0, out1, out0_all, out1_all) + one(out1, out0, out1_all, out0_all))
 
 
-def open_clip_loss(image_features: Any, text_features: Any, logit_scale: Any) -> Any:
-    """open_clip 3.x ``src/open_clip/loss.py``, ``ClipLoss.forward`` with ``world_size=1``."""
+def open_clip_loss(
+    image_features: Any,
+    text_features: Any,
+    logit_scale: Any,
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+) -> Any:
+    """open_clip 3.x ``src/open_clip/loss.py``, ``ClipLoss.forward`` (with ``gather_features``
+    under ``torch.distributed``, without horovod, when a process group runs)."""
     import torch
+    import torch.distributed as dist
+    import torch.distributed.nn
     from torch.nn import functional as F
 
-    logits_per_image = logit_scale * image_features @ text_features.T
-    logits_per_text = logit_scale * text_features @ image_features.T
-    labels = torch.arange(logits_per_image.shape[0], device=image_features.device)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if world_size > 1:
+        rank = dist.get_rank()
+        if gather_with_grad:
+            all_image_features = torch.cat(torch.distributed.nn.all_gather(image_features), dim=0)
+            all_text_features = torch.cat(torch.distributed.nn.all_gather(text_features), dim=0)
+        else:
+            gathered_image_features = [torch.zeros_like(image_features) for _ in range(world_size)]
+            gathered_text_features = [torch.zeros_like(text_features) for _ in range(world_size)]
+            dist.all_gather(gathered_image_features, image_features)
+            dist.all_gather(gathered_text_features, text_features)
+            if not local_loss:
+                gathered_image_features[rank] = image_features
+                gathered_text_features[rank] = text_features
+            all_image_features = torch.cat(gathered_image_features, dim=0)
+            all_text_features = torch.cat(gathered_text_features, dim=0)
+        if local_loss:
+            logits_per_image = logit_scale * image_features @ all_text_features.T
+            logits_per_text = logit_scale * text_features @ all_image_features.T
+        else:
+            logits_per_image = logit_scale * all_image_features @ all_text_features.T
+            logits_per_text = logits_per_image.T
+    else:
+        logits_per_image = logit_scale * image_features @ text_features.T
+        logits_per_text = logit_scale * text_features @ image_features.T
+    num_logits = logits_per_image.shape[0]
+    labels = torch.arange(num_logits, device=image_features.device, dtype=torch.long)
+    if world_size > 1 and local_loss:
+        labels = labels + num_logits * dist.get_rank()
     return (
         F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
     ) / 2

@@ -392,6 +392,16 @@ def test_bad_call_values_name_the_argument():
         lightly.NTXentLoss(gather_distributed=True)(x, y)
 
 
-def test_open_clip_refuses_several_processes():
-    with pytest.raises(ValueError, match="world_size"):
-        open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=0, world_size=2)
+def test_open_clip_several_processes_need_a_process_group():
+    x, y = np.random.default_rng(4).normal(size=(2, 4, 3))
+    torch = pytest.importorskip("torch")
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    loss = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=0, world_size=2)
+    with pytest.raises(RuntimeError, match="initialised process group"):
+        loss(torch.tensor(x), torch.tensor(y), 10.0)
+    for rank, world in ((2, 2), (-1, 2)):
+        with pytest.raises(ValueError, match="rank must be in"):
+            open_clip.ClipLoss(rank=rank, world_size=world)
+    with pytest.raises(TypeError, match="world_size must be an int"):
+        open_clip.ClipLoss(world_size=2.0)

@@ -232,7 +232,7 @@ class SupervisedInfoNCE(_Loss):
 
 class _AllGatherFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any, backward: str) -> torch.Tensor:  # type: ignore[override]
         world = dist.get_world_size(group)
         size = torch.tensor([tensor.shape[0]], device=tensor.device)
         sizes = [torch.empty_like(size) for _ in range(world)]
@@ -244,16 +244,18 @@ class _AllGatherFunction(torch.autograd.Function):
             )
         parts = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(parts, tensor.contiguous(), group=group)
-        ctx.group, ctx.rows = group, tensor.shape[0]
+        ctx.group, ctx.rows, ctx.mode = group, tensor.shape[0], backward
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        # Every worker's loss used this worker's rows: their gradients add up.
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:  # type: ignore[override]
+        if ctx.mode == "none":
+            return None, None, None
         start = dist.get_rank(ctx.group) * ctx.rows
-        return grad[start : start + ctx.rows], None
+        if ctx.mode == "sum":  # every worker's loss used this worker's rows: their gradients add
+            grad = grad.contiguous().clone()
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[start : start + ctx.rows], None, None
 
 
 class AllGather:
@@ -268,6 +270,11 @@ class AllGather:
     ----------
     group : ProcessGroup, optional
         The process group; default: the default group.
+    backward : {"sum", "local", "none"}, default "sum"
+        The gradient a worker's rows receive: "sum", over every worker's loss (the above);
+        "local", from this worker's own loss only (open_clip's ``gather_with_grad=False``,
+        which puts the local tensor back in its place); "none", nothing through the gathered
+        copies (the rows' own uses still get theirs).
 
     Examples
     --------
@@ -275,8 +282,10 @@ class AllGather:
     >>> loss_fn = InfoNCE(gather=all_gather)  # or AllGather(group) for a sub-group
     """
 
-    def __init__(self, group: Any = None) -> None:
-        self.group = group
+    def __init__(self, group: Any = None, backward: str = "sum") -> None:
+        if backward not in ("sum", "local", "none"):
+            raise ValueError(f"backward must be 'sum', 'local' or 'none'; got {backward!r}")
+        self.group, self.backward = group, backward
 
     def _check(self) -> None:
         if not (dist.is_available() and dist.is_initialized()):
@@ -287,7 +296,7 @@ class AllGather:
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         self._check()
-        gathered: torch.Tensor = _AllGatherFunction.apply(tensor, self.group)  # type: ignore[no-untyped-call]
+        gathered: torch.Tensor = _AllGatherFunction.apply(tensor, self.group, self.backward)  # type: ignore[no-untyped-call]
         return gathered
 
     def rank(self) -> int:
@@ -296,7 +305,9 @@ class AllGather:
         return int(dist.get_rank(self.group))
 
     def __repr__(self) -> str:
-        return "all_gather" if self.group is None else f"AllGather(group={self.group!r})"
+        shown = [] if self.group is None else [f"group={self.group!r}"]
+        shown += [] if self.backward == "sum" else [f"backward={self.backward!r}"]
+        return f"AllGather({', '.join(shown)})" if shown else "all_gather"
 
 
 all_gather = AllGather()

@@ -31,12 +31,17 @@ class ClipLoss:
     Parameters
     ----------
     local_loss, gather_with_grad : bool, default False
-        open_clip's distributed modes; with one process (``world_size=1``) they change
+        open_clip's distributed modes (see ``world_size``); with one process they change
         nothing, as in open_clip.
     rank : int, default 0
         This process's rank.
     world_size : int, default 1
-        Only 1 is supported yet: several processes raise a ValueError.
+        The number of processes; above 1 the features are gathered over
+        ``torch.distributed`` (:class:`infonce_xp.torch.AllGather`) as open_clip gathers them:
+        ``local_loss=True`` scores this process's rows against every process's,
+        ``local_loss=False`` computes the whole batch's loss on every process;
+        ``gather_with_grad`` chooses the gradient's convention (see ``AllGather``'s
+        ``backward``).
     chunk_size : int, optional
         Keyword-only: compute in tiles of this many rows (see :func:`infonce_xp.info_nce`).
 
@@ -63,13 +68,11 @@ class ClipLoss:
     ) -> None:
         check_flag("local_loss", local_loss)
         check_flag("gather_with_grad", gather_with_grad)
-        if world_size != 1:
-            raise ValueError(
-                "world_size > 1 is not supported yet by infonce_xp.peers.open_clip.ClipLoss; "
-                "for the scores of each process's rows against every process's (open_clip's "
-                "local_loss=True, gather_with_grad=True), use infonce_xp.torch.InfoNCE with "
-                f"symmetric=True, normalize=False and gather=all_gather; got {world_size!r}"
-            )
+        for name, value in (("rank", rank), ("world_size", world_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int; got {describe(value)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size); got {rank!r} and {world_size!r}")
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size, self.chunk_size = rank, world_size, chunk_size
 
@@ -88,15 +91,35 @@ class ClipLoss:
             raise ValueError(
                 f"logit_scale must be a number > 0 or a 0-D array; got {describe(logit_scale)}"
             )
+        options: dict[str, Any] = {"symmetric": True, "normalize": False}
+        features = (image_features, text_features)
+        if self.world_size > 1:
+            gather = self._gather(image_features)
+            if self.local_loss:  # this process's rows against every process's
+                options["gather"] = gather
+            else:  # every process computes the whole batch's loss
+                features = (gather(image_features), gather(text_features))
         loss = info_nce(
-            image_features,
-            text_features,
-            temperature=1 / logit_scale,
-            symmetric=True,
-            normalize=False,
-            chunk_size=self.chunk_size,
+            *features, temperature=1 / logit_scale, chunk_size=self.chunk_size, **options
         )
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def _gather(self, x: Any) -> Any:
+        """open_clip's gather of features with its gradient conventions: with
+        ``gather_with_grad``, summed over the processes; without, the local loss's own (the
+        local rows put back, when every process computes the whole loss) or none."""
+        from ..torch import AllGather
+
+        gather = AllGather(
+            backward="sum" if self.gather_with_grad else "none" if self.local_loss else "local"
+        )
+        if gather.rank() != self.rank or _world() != self.world_size:
+            raise ValueError(
+                f"rank and world_size must be this process's in torch.distributed; got "
+                f"rank={self.rank}, world_size={self.world_size}, and the process group has "
+                f"rank {gather.rank()} of {_world()}"
+            )
+        return gather
 
     forward = __call__
 
@@ -105,3 +128,9 @@ class ClipLoss:
             f"ClipLoss(local_loss={self.local_loss!r}, gather_with_grad="
             f"{self.gather_with_grad!r}, rank={self.rank!r}, world_size={self.world_size!r})"
         )
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return int(dist.get_world_size())
