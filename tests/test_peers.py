@@ -245,6 +245,32 @@ def test_optax_ntxent_is_optax(dtype):
         np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), **tol)
 
 
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("variant", ["query_to_doc", "joint, all four (GTE)", "hardness hard"])
+def test_cached_mnrl_is_the_uncached_peer(variant):
+    """The cached loss (micro-batches of 3 out of 10 rows, 2 hard-negative columns) gives the
+    loss and the parameters' gradients of sentence-transformers' own uncached loss."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh()).double()
+    inputs = tuple(torch.randn(4, 10, 6, dtype=torch.float64))
+
+    def encode(batch):
+        return tuple(model(x) for x in batch)
+
+    kwargs = ST_VARIANTS[variant]
+    cached = st.CachedMultipleNegativesRankingLoss(12.0, 3, **kwargs)
+    loss = cached(encode, inputs)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = _st(scale=12.0, **kwargs).compute_loss_from_embeddings(list(encode(inputs)), None)
+    want.backward()
+    assert not loss.requires_grad
+    np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), **F64)
+    for a, p in zip(got, model.parameters()):
+        np.testing.assert_allclose(a.numpy(), p.grad.numpy(), **F64)
+
+
 def test_tiles_change_nothing():
     rng = np.random.default_rng(2)
     a, p, n = rng.normal(size=(3, 9, 5))
@@ -267,6 +293,8 @@ LEFT_OUT = {
     "cache_labels",
     "use_horovod",
     "memory_bank_size",
+    "mini_batch_num_tokens",
+    "show_progress_bar",
 }
 
 
@@ -306,9 +334,14 @@ def test_constructors_mirror_the_ported_peers():
         ("rank", 0),
         ("world_size", 1),
     ]
-    from sentence_transformers.sentence_transformer.losses import gist_embed
+    from sentence_transformers.sentence_transformer.losses import (
+        cached_multiple_negatives_ranking,
+        gist_embed,
+    )
 
     assert _parameters(st.GISTEmbedLoss) == _parameters(gist_embed.GISTEmbedLoss)
+    cached = cached_multiple_negatives_ranking.CachedMultipleNegativesRankingLoss
+    assert _parameters(st.CachedMultipleNegativesRankingLoss) == _parameters(cached)
     empty = inspect.Parameter.empty
     assert _parameters(optax.ntxent) == [
         ("embeddings", empty),

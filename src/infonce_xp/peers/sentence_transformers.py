@@ -18,7 +18,7 @@ from .._namespaces import array_namespace
 from .._typing import Array
 from ._common import check_flag, torch_gather
 
-__all__ = ["GISTEmbedLoss", "MultipleNegativesRankingLoss"]
+__all__ = ["CachedMultipleNegativesRankingLoss", "GISTEmbedLoss", "MultipleNegativesRankingLoss"]
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITIONS = ("joint", "per_direction")
@@ -164,6 +164,80 @@ class MultipleNegativesRankingLoss:
             f"{self.partition_mode!r}, hardness_mode={self.hardness_mode!r}, "
             f"hardness_strength={self.hardness_strength!r})"
         )
+
+
+class CachedMultipleNegativesRankingLoss:
+    """``sentence_transformers.losses.CachedMultipleNegativesRankingLoss``: the same loss as
+    :class:`MultipleNegativesRankingLoss`, through gradient caching (GradCache, Gao et al.
+    2021) with :func:`infonce_xp.torch.grad_cache`.
+
+    The model is left out: the call takes the encoder and the batch, ``loss(encode,
+    inputs)``, where ``encode(micro_batch)`` returns the columns' embeddings ``(anchor,
+    positive, *negatives)`` of a micro-batch of ``inputs`` (a tensor or a tuple/dict of them,
+    rows along axis 0). The batch is embedded ``mini_batch_size`` rows at a time, the loss and
+    every embedding's gradient are computed at once, and each micro-batch is embedded again
+    with its graph and back-propagated: the parameters' ``.grad`` accumulate as for the
+    uncached loss, and the loss is returned detached. ``mini_batch_num_tokens`` and
+    ``show_progress_bar`` are left out with the model.
+
+    Parameters
+    ----------
+    scale, gather_across_devices, directions, partition_mode, hardness_mode, hardness_strength
+        As in :class:`MultipleNegativesRankingLoss`.
+    mini_batch_size : int, default 32
+        The rows embedded at a time.
+    chunk_size : int, optional
+        Keyword-only: compute the loss in tiles of this many rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from infonce_xp.peers import sentence_transformers as st
+    >>> model = torch.nn.Linear(8, 4)
+    >>> inputs = torch.randn(2, 16, 8)  # (anchor, positive) inputs of 16 pairs
+    >>> loss_fn = st.CachedMultipleNegativesRankingLoss(mini_batch_size=4)
+    >>> loss = loss_fn(lambda batch: (model(batch[0]), model(batch[1])), tuple(inputs))
+    >>> model.weight.grad.shape
+    torch.Size([4, 8])
+    """
+
+    def __init__(
+        self,
+        scale: float = 20.0,
+        mini_batch_size: int = 32,
+        gather_across_devices: bool = False,
+        directions: tuple[str, ...] = ("query_to_doc",),
+        partition_mode: str = "joint",
+        hardness_mode: str | None = None,
+        hardness_strength: float = 0.0,
+        *,
+        chunk_size: int | None = None,
+    ) -> None:
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int):
+            raise TypeError(f"mini_batch_size must be an int; got {describe(mini_batch_size)}")
+        if mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be at least 1; got {mini_batch_size!r}")
+        self.mini_batch_size = mini_batch_size
+        self.loss = MultipleNegativesRankingLoss(
+            scale,
+            gather_across_devices,
+            directions,
+            partition_mode,
+            hardness_mode,
+            hardness_strength,
+            chunk_size=chunk_size,
+        )
+
+    def __call__(self, encode: Any, inputs: Any) -> Any:
+        from ..torch import grad_cache
+
+        return grad_cache(encode, inputs, self.loss, self.mini_batch_size)
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        inner = repr(self.loss).removeprefix("MultipleNegativesRankingLoss(")
+        return f"CachedMultipleNegativesRankingLoss(mini_batch_size={self.mini_batch_size}, {inner}"
 
 
 class GISTEmbedLoss:
