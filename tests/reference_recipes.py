@@ -279,24 +279,48 @@ def recipe_loss(query, positive_key, negative_keys=None, *, reduction="mean", **
     return _reduce(rows, pairs, reduction, options.get("positives", "own"), len(rows))
 
 
-def supervised_rows(embeddings, labels, temperature=0.1, positives="supcon", normalize=True):
-    """Per-row losses (B,), the number of positive pairs and of rows that have a positive."""
+def supervised_rows(
+    embeddings,
+    labels,
+    temperature=0.1,
+    positives="supcon",
+    normalize=True,
+    references=None,
+    reference_labels=None,
+):
+    """Per-row losses (B,), the number of positive pairs and of rows that have a positive.
+    Candidates: the other rows, or all ``references`` with their labels."""
     x = np.asarray(embeddings, dtype=np.float64)
+    refs = None if references is None else np.asarray(references, dtype=np.float64)
     if normalize:
         x = normalise(x)
+        refs = None if refs is None else normalise(refs)
     labels = np.asarray(labels)
     rows, pairs = np.zeros(len(x)), np.zeros(len(x), dtype=int)
     for i in range(len(x)):
-        others = np.arange(len(x)) != i
-        z = x[others] @ x[i] / temperature
-        same = labels[others] == labels[i]
+        if refs is None:
+            others = np.arange(len(x)) != i
+            candidates, candidate_labels = x[others], labels[others]
+        else:
+            candidates, candidate_labels = refs, np.asarray(reference_labels)
+        z = candidates @ x[i] / temperature
+        same = candidate_labels == labels[i]
         rows[i], pairs[i] = _row_loss(z, np.zeros_like(same), same, positives)
     return rows, int(pairs.sum()), int((pairs > 0).sum())
 
 
 def supervised_loss(
-    embeddings, labels, temperature=0.1, positives="supcon", reduction="mean", normalize=True
+    embeddings,
+    labels,
+    temperature=0.1,
+    positives="supcon",
+    reduction="mean",
+    normalize=True,
+    references=None,
+    reference_labels=None,
 ):
     """``supervised_rows`` reduced; rows without a positive give 0 and are left out of "mean"."""
-    rows, pairs, anchors = supervised_rows(embeddings, labels, temperature, positives, normalize)
+    rows, pairs, anchors = supervised_rows(
+        embeddings, labels, temperature, positives, normalize, references, reference_labels
+    )
     return _reduce(rows, pairs, reduction, positives, anchors)

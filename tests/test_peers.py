@@ -120,6 +120,17 @@ def cases() -> dict[str, tuple[Callable[..., Any], Callable[..., Any], list[np.n
             lambda v, name=name, t=t: getattr(_pml(), name)(t)(v, _torch_labels(LABELS)),
             [x],
         )
+    refs_labels = np.array([0, 3, 1, 0, 2, 4, 1])  # class 4: only a reference; 3: alone
+    for name, t in (("NTXentLoss", 0.2), ("SupConLoss", 0.3)):
+        out[f"pml.{name}(ref_emb)"] = (
+            lambda v, r, name=name, t=t: getattr(pml, name)(t)(
+                v, labels_like(v), ref_emb=r, ref_labels=_on(v, refs_labels)
+            ),
+            lambda v, r, name=name, t=t: getattr(_pml(), name)(t)(
+                v, _torch_labels(LABELS), ref_emb=r, ref_labels=_torch_labels(refs_labels)
+            ),
+            [x, z0[:7] + 0.3 * x[:7]],
+        )
     for symmetric in (True, False):
         out[f"pml.SelfSupervisedLoss(symmetric={symmetric})"] = (
             lambda u, v, s=symmetric: pml.SelfSupervisedLoss(pml.NTXentLoss(0.3), s)(u, v),
@@ -175,6 +186,13 @@ def cases() -> dict[str, tuple[Callable[..., Any], Callable[..., Any], list[np.n
             [a, p + 0.5 * a, *hard[:columns]],
         )
     return out
+
+
+def _on(x: Any, labels: np.ndarray) -> Any:
+    """Integer labels as an array of ``x``'s library."""
+    from infonce_xp._namespaces import array_namespace
+
+    return array_namespace(x).asarray(labels)
 
 
 def _like(x: Any, arrays: list[np.ndarray]) -> tuple[Any, ...]:
@@ -412,7 +430,11 @@ def test_bad_call_values_name_the_argument():
     x, y = rng.normal(size=(2, 6, 4))
     with pytest.raises(ValueError, match="labels"):
         pml.NTXentLoss()(x)
-    for name, kwargs in (("indices_tuple", {"indices_tuple": (1,)}), ("ref_emb", {"ref_emb": y})):
+    for name, kwargs in (
+        ("indices_tuple", {"indices_tuple": (1,)}),
+        ("ref_emb and ref_labels", {"ref_emb": y}),
+        ("ref_emb and ref_labels", {"ref_labels": np.arange(6)}),
+    ):
         with pytest.raises(ValueError, match=name):
             pml.SupConLoss()(x, np.arange(6), **kwargs)
     with pytest.raises(ValueError, match=r"negatives\[1\]"):

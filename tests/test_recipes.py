@@ -324,3 +324,40 @@ def test_supervised_without_any_positive_is_zero(backend, positives):
     for reduction in ("mean", "sum", "none"):
         got = infonce_xp.supervised_info_nce(x, lonely, reduction=reduction, positives=positives)
         backend.assert_close(got, np.zeros(6) if reduction == "none" else np.asarray(0.0))
+
+
+# Supervised against references --------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("positives", ["supcon", "pairs"])
+def test_supervised_references_match_reference(backend, positives, reduction, chunk_size):
+    """``references``: every row against every reference, the references of its class its
+    positives (pytorch-metric-learning's ``ref_emb``), a class only among the references and
+    a row without a positive included."""
+    rng = np.random.default_rng(8)
+    x, refs = rng.normal(size=(7, D)), rng.normal(size=(9, D))
+    y, ref_y = np.array([0, 1, 0, 2, 1, 3, 0]), np.array([0, 4, 1, 1, 0, 2, 4, 2, 0])
+    got = infonce_xp.supervised_info_nce(
+        *backend.asarrays(x, y),
+        T,
+        reduction,
+        positives=positives,
+        references=backend.asarray(refs),
+        reference_labels=backend.asarray(ref_y),
+        chunk_size=chunk_size,
+    )
+    want = supervised_loss(x, y, T, positives, reduction, references=refs, reference_labels=ref_y)
+    backend.assert_close(got, want, **F64)
+
+
+def test_supervised_references_bad_input():
+    x, refs = np.random.default_rng(9).normal(size=(2, 5, D))
+    y = np.arange(5)
+    with pytest.raises(ValueError, match="references and reference_labels go together"):
+        infonce_xp.supervised_info_nce(x, y, references=refs)
+    with pytest.raises(ValueError, match="references must have shape"):
+        infonce_xp.supervised_info_nce(x, y, references=refs[:, :2], reference_labels=y)
+    with pytest.raises(ValueError, match="reference_labels must have shape"):
+        infonce_xp.supervised_info_nce(x, y, references=refs, reference_labels=y[:3])

@@ -112,6 +112,8 @@ def _check_call(
 ) -> Call:
     """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
+    if supervised:
+        _check_references(given)
     named = {
         first if k == _directions.QUERY else k: x
         for k, x in given.items()
@@ -201,7 +203,7 @@ def _check_call(
         options.chunk_size,
         options.positives,
         in_batch,
-        options.same_view_negatives or supervised,
+        options.same_view_negatives or (supervised and negative_keys is None),
         "labels" in tags,
         supervised,
         options.gather is not None,
@@ -216,6 +218,30 @@ def _check_call(
     floats = {k: x for k, x in given.items() if k not in _TAGS}
     plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()), floats)
     return Call(xp, given, temperature, plan, options)
+
+
+def _check_references(given: dict[str, Any]) -> None:
+    """The single set's reference rows (``negative_keys`` inside): 2-D, with one label each."""
+    refs, ref_labels = given.get(_directions.NEGATIVES), given.get(_directions.NEGATIVE_LABELS)
+    if (refs is None) != (ref_labels is None):
+        raise ValueError(
+            "references and reference_labels go together (the positives of a row are the "
+            f"references of its class); got references={describe(refs)} and "
+            f"reference_labels={describe(ref_labels)}"
+        )
+    if refs is None:
+        return
+    x = given[_directions.QUERY]
+    if not (is_array_api_obj(refs) and refs.ndim == 2 and refs.shape[1:] == x.shape[1:]):
+        raise ValueError(
+            f"references must have shape (M, {x.shape[-1]}), rows like the embeddings'; got "
+            f"{describe(refs)}"
+        )
+    if not (is_array_api_obj(ref_labels) and tuple(ref_labels.shape) == (refs.shape[0],)):
+        raise ValueError(
+            f"reference_labels must have shape ({refs.shape[0]},), one id per reference; got "
+            f"{describe(ref_labels)}"
+        )
 
 
 def _guides(guide: Any, negatives: bool) -> dict[str, Any]:

@@ -99,6 +99,8 @@ def directions(config: Config) -> tuple[Direction, ...]:
     gathered = config.gathered
     keys = ALL_KEYS if gathered else KEY
     queries = ALL_QUERIES if gathered else QUERY
+    if config.supervised and config.mode == "unpaired":  # against a reference set
+        return (Direction(QUERY, None, ((ALL_NEGATIVES if gathered else NEGATIVES, "plain"),)),)
     if config.supervised:
         return (Direction(QUERY, None, ((queries, "self"),)),)
     shared = []

@@ -223,13 +223,17 @@ def supervised_info_nce(
     temperature: float | Array = 0.1,
     reduction: Reduction = "mean",
     *,
+    references: Array | None = None,
+    reference_labels: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
 ) -> Array:
     r"""The supervised contrastive loss of one set of embeddings with class labels.
 
     Every row is an anchor and every other row a candidate; its positives are the other rows of
-    its class. For two views of each sample, concatenate them (and their labels twice).
+    its class. For two views of each sample, concatenate them (and their labels twice). With
+    ``references``, the candidates are the reference rows instead (all of them), and a row's
+    positives the references of its class (pytorch-metric-learning's ``ref_emb``).
 
     Parameters
     ----------
@@ -249,6 +253,11 @@ def supervised_info_nce(
         positive pair is a term ``softplus(LSE(negatives) - logit)`` (pytorch-metric-learning's
         NTXentLoss, optax's ntxent).
     %(supervised_options)s
+    references : array, shape (M, D), optional
+        Keyword-only: the candidates of every row, in place of the other rows (with
+        ``gather``, every worker's).
+    reference_labels : array of int, shape (M,), optional
+        The class ids of ``references`` (needed with them).
     %(xp)s
 
     Returns
@@ -269,7 +278,17 @@ def supervised_info_nce(
     """
     options = check_supervised_options(options)
     opts = Options.of(temperature, reduction, "unpaired", options, for_call=True)
-    return evaluate(check_call(opts, query=embeddings, labels=labels, xp=xp, supervised=True))
+    return evaluate(
+        check_call(
+            opts,
+            query=embeddings,
+            negative_keys=references,
+            labels=labels,
+            negative_labels=reference_labels,
+            xp=xp,
+            supervised=True,
+        )
+    )
 
 
 @option_attributes
@@ -308,8 +327,23 @@ class SupervisedInfoNCE:
             temperature, reduction, "unpaired", check_supervised_options(options)
         )
 
-    def __call__(self, embeddings: Array, labels: Array) -> Array:
-        return evaluate(check_call(self.options, query=embeddings, labels=labels, supervised=True))
+    def __call__(
+        self,
+        embeddings: Array,
+        labels: Array,
+        *,
+        references: Array | None = None,
+        reference_labels: Array | None = None,
+    ) -> Array:
+        call = check_call(
+            self.options,
+            query=embeddings,
+            negative_keys=references,
+            labels=labels,
+            negative_labels=reference_labels,
+            supervised=True,
+        )
+        return evaluate(call)
 
     def __repr__(self) -> str:
         o = self.options

@@ -212,11 +212,20 @@ class SupervisedInfoNCE(_Loss):
         self.options = Options.of(temperature, reduction, "unpaired", options)
         self._set_temperature(temperature, learn_temperature)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        references: torch.Tensor | None = None,
+        reference_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         call = check_call(
             self.options,
             query=embeddings,
+            negative_keys=references,
             labels=labels,
+            negative_labels=reference_labels,
             temperature=self._learned(),
             supervised=True,
         )

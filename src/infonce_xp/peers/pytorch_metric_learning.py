@@ -4,7 +4,9 @@
 ``from pytorch_metric_learning import losses as pml``: ``pml.NTXentLoss(temperature=0.07)``,
 ``pml.SupConLoss(temperature=0.1)`` and ``pml.SelfSupervisedLoss(loss, symmetric=True)`` take
 the same arguments and give pytorch-metric-learning's numbers (cosine similarity, its default
-distance, and its default reducers), on the arrays they are given.
+distance, and its default reducers), on the arrays they are given. ``ref_emb`` with
+``ref_labels`` is :func:`infonce_xp.supervised_info_nce`'s ``references``; miners'
+``indices_tuple`` is not taken.
 """
 
 from __future__ import annotations
@@ -18,11 +20,6 @@ from ._common import no_argument
 __all__ = ["NTXentLoss", "SelfSupervisedLoss", "SupConLoss"]
 
 _MINERS = "miners' pairs and triplets are not taken; every pair of the batch is used"
-_REFERENCES = (
-    "a reference set with labels of its own is not supported yet; for two views of the same "
-    "samples use SelfSupervisedLoss, and for queries against keys infonce_xp.info_nce with "
-    "labels"
-)
 
 
 class _Labelled:
@@ -43,15 +40,21 @@ class _Labelled:
         ref_labels: Array | None = None,
     ) -> Array:
         no_argument("indices_tuple", indices_tuple, _MINERS)
-        no_argument("ref_emb", ref_emb, _REFERENCES)
-        no_argument("ref_labels", ref_labels, _REFERENCES)
         if labels is None:
             raise ValueError(
                 f"{type(self).__name__} needs labels, the (N,) class ids of the embeddings "
                 "(pytorch-metric-learning's pairs come from them); for two views of the same "
                 "samples use SelfSupervisedLoss"
             )
-        return self._loss(embeddings, labels)
+        if ref_emb is None and ref_labels is None:
+            return self._loss(embeddings, labels)
+        if ref_emb is None or ref_labels is None:
+            raise ValueError(
+                "ref_emb and ref_labels go together here (the positives of a row are the "
+                "references of its class); pass both, or neither to compare the embeddings "
+                "with each other"
+            )
+        return self._loss(embeddings, labels, references=ref_emb, reference_labels=ref_labels)
 
     forward = __call__
 
