@@ -229,7 +229,7 @@ def _check_references(given: dict[str, Any]) -> None:
             f"references of its class); got references={describe(refs)} and "
             f"reference_labels={describe(ref_labels)}"
         )
-    if refs is None:
+    if refs is None or ref_labels is None:
         return
     x = given[_directions.QUERY]
     if not (is_array_api_obj(refs) and refs.ndim == 2 and refs.shape[1:] == x.shape[1:]):
