@@ -9,10 +9,11 @@ arrays it is given (NumPy, PyTorch, JAX, CuPy, ...) and takes ``chunk_size`` as 
 
 - :mod:`infonce_xp.peers.pytorch_metric_learning`: ``NTXentLoss``, ``SupConLoss``,
   ``SelfSupervisedLoss``;
-- :mod:`infonce_xp.peers.lightly`: ``NTXentLoss``;
+- :mod:`infonce_xp.peers.lightly`: ``NTXentLoss``, ``DCLLoss``, ``DCLWLoss``;
 - :mod:`infonce_xp.peers.optax`: ``ntxent``;
 - :mod:`infonce_xp.peers.open_clip`: ``ClipLoss``;
-- :mod:`infonce_xp.peers.sentence_transformers`: ``MultipleNegativesRankingLoss``.
+- :mod:`infonce_xp.peers.sentence_transformers`: ``MultipleNegativesRankingLoss``,
+  ``CachedMultipleNegativesRankingLoss``, ``GISTEmbedLoss``.
 
 Importing this package imports no array library; each peer module imports none either.
 """
