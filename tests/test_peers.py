@@ -460,3 +460,44 @@ def test_open_clip_several_processes_need_a_process_group():
             open_clip.ClipLoss(rank=rank, world_size=world)
     with pytest.raises(TypeError, match="world_size must be an int"):
         open_clip.ClipLoss(world_size=2.0)
+
+
+def _st_combinations():
+    import itertools
+
+    others = ("query_to_query", "doc_to_query", "doc_to_doc")
+    for r in range(4):
+        for extra in itertools.combinations(others, r):
+            for partition in ("joint", "per_direction"):
+                for hardness in (None, "in_batch_negatives", "hard_negatives", "all_negatives"):
+                    yield ("query_to_doc", *extra), partition, hardness
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize(("directions", "partition", "hardness"), list(_st_combinations()))
+def test_every_st_combination(directions, partition, hardness):
+    """Every ``directions`` x ``partition_mode`` x ``hardness_mode`` of sentence-transformers,
+    with 0, 1 and 2 negative columns: its numbers and gradients, or its refusal."""
+    torch = pytest.importorskip("torch")
+    kwargs = {"directions": directions, "partition_mode": partition}
+    kwargs |= {"hardness_mode": hardness, "hardness_strength": 3.0 if hardness else 0.0}
+    try:
+        peer = _st(scale=15.0, **kwargs)
+    except ValueError:
+        with pytest.raises(ValueError, match="partition_mode"):
+            st.MultipleNegativesRankingLoss(15.0, **kwargs)
+        return
+    ours = st.MultipleNegativesRankingLoss(15.0, **kwargs)
+    rng = np.random.default_rng(11)
+    for columns in (0, 1, 2):
+        arrays = list(rng.normal(size=(2 + columns, 6, 5)))
+        results = []
+        for fn in (ours, lambda *e: peer.compute_loss_from_embeddings(list(e), None)):
+            leaves = [torch.tensor(a, requires_grad=True) for a in arrays]
+            loss = fn(*leaves)
+            loss.backward()
+            results.append((loss.detach().numpy(), [leaf.grad.numpy() for leaf in leaves]))
+        (got, got_grads), (want, want_grads) = results
+        np.testing.assert_allclose(got, want, **F64, err_msg=f"{columns} columns")
+        for a, b in zip(got_grads, want_grads):
+            np.testing.assert_allclose(a, b, **F64, err_msg=f"{columns} columns")
