@@ -13,18 +13,21 @@ log-sum-exp over the kept cells and ``lseN_i`` over the negatives:
   (``lseN_i`` far below ``z_ip``) keeps its full relative precision, as the seed's math needs;
 - "pairs": ``l_i = sum_P softplus(lseN_i - z_ip)``: "own" is its case of one positive;
 - "supcon": ``l_i = lse_i - mean_P z``, computed as ``log S_i + (m_i - mean_P z)`` (``m_i`` the
-  row maximum, ``S_i`` the shifted sum): two terms >= 0, so nothing cancels.
+  row maximum, ``S_i`` the shifted sum): two terms >= 0, so nothing cancels;
+- decoupled ("own"): ``l_i = lseN_i - w_i z_ip`` (with ``Problem.parts``, one ``lseN`` per
+  block, summed).
 
-A row without a positive has loss 0 and no gradient. The gradient of ``l_i`` with respect to
-``z_ij`` is the *response* ``R_ij``:
+Other cell rules: hidden same-view and grouped cells (``Problem.unseen``), a guide's false
+negatives (``Problem.threshold``), hardness weighting (:func:`harden`). A row without a
+positive has loss 0 and no gradient. The gradient of ``l_i`` in ``z_ij`` is the *response*:
 
 - "supcon": ``exp(z_ij - lse_i) - [j in P_i] / c_i`` over the kept cells;
 - "own", "pairs": ``sigma_i exp(z_ij - lseN_i)`` on negatives and ``-sigmoid(lseN_i - z_ij)``
-  on positives, with ``sigma_i`` the sum of ``sigmoid(lseN_i - z_ip)`` over the positives.
+  on positives, with ``sigma_i`` the sum of ``sigmoid(lseN_i - z_ip)`` over the positives;
+- decoupled: ``exp(z_ij - lseN_i)`` on negatives (its block's), ``-w_i`` at the positive.
 
-A new way to score a row is a change to :func:`first_pass`, :func:`finish` and
-:func:`response` (and to ``_shared_only``, the one-pass form of the dense shared block): the
-dense and the tiled executions both run these.
+A new way to score a row changes :func:`first_pass`, :func:`finish` and :func:`response`, which
+the dense and the tiled executions both run (and ``_dense._shared_only``, or its guard).
 
 Anchor ``i`` may also have its own positive as a column of its own (``Problem.positive``, row
 ``i`` of an (N, D) array). The dense path keeps ``R`` (one N x M matrix per block, as the plain
