@@ -501,3 +501,24 @@ def test_every_st_combination(directions, partition, hardness):
         np.testing.assert_allclose(got, want, **F64, err_msg=f"{columns} columns")
         for a, b in zip(got_grads, want_grads):
             np.testing.assert_allclose(a, b, **F64, err_msg=f"{columns} columns")
+
+
+@pytest.mark.backends("jax")
+def test_peer_classes_under_jax_jit():
+    """A peer class is a core call: it traces under ``jax.jit`` and gives the eager numbers."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(12)
+    a, p, n = (jax.numpy.asarray(x) for x in rng.normal(size=(3, 8, 5)))
+    y = jax.numpy.asarray(np.arange(8) % 3)
+    for loss, args in (
+        (lightly.DCLWLoss(0.2), (a, p)),
+        (
+            st.MultipleNegativesRankingLoss(hardness_mode="hard_negatives", hardness_strength=2.0),
+            (a, p, n),
+        ),
+        (lambda *e: st.GISTEmbedLoss(margin=0.1)(e, e), (a, p)),
+        (lambda v, t: pml.SupConLoss(0.2)(v, y, ref_emb=t, ref_labels=y), (a, p)),
+        (lambda i, t: open_clip.ClipLoss()(i, t, 10.0), (a, p)),
+    ):
+        np.testing.assert_allclose(jax.jit(loss)(*args), loss(*args), rtol=1e-12)
