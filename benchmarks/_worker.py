@@ -273,12 +273,13 @@ def main() -> None:
     global THREADS
     # Run as a script, this module is __main__: let ``import _worker`` find this same module.
     sys.modules.setdefault("_worker", sys.modules[__name__])
+    from _worker_peers import JOBS as PEERS_JOBS
     from _worker_percall import JOBS as PERCALL_JOBS
     from _worker_recipes import JOBS as RECIPES_JOBS
 
     spec = json.loads(sys.argv[1])
     THREADS = spec.get("threads")
-    result = {**JOBS, **PERCALL_JOBS, **RECIPES_JOBS}[spec["job"]](spec)
+    result = {**JOBS, **PERCALL_JOBS, **RECIPES_JOBS, **PEERS_JOBS}[spec["job"]](spec)
     print(RESULT + json.dumps(result), flush=True)
 
 

@@ -44,6 +44,12 @@ FULL: dict[str, Any] = {
     "recipes_classes": 64,
     "recipes_budget_s": 60.0,
     "recipes_tiled": (32768, 128, 1024),  # N, D, chunk_size
+    "peers_size": (4096, 512),
+    # pytorch-metric-learning's NTXentLoss holds a (positive pairs, negative pairs) matrix:
+    # about 17 N^3 bytes at its peak, 2 GiB at N = 512 (1 TiB at 4096).
+    "peers_size_for": {"pml.NTXentLoss": (512, 512)},
+    "peers_budget_s": 30.0,  # per class
+    "peers_tiled": (32768, 128, 1024),  # N, D, chunk_size
     "child_timeout_s": 3 * 3600,
     "goals": True,  # the goals name the full run's sizes; the quick run reports none
 }
@@ -73,6 +79,10 @@ QUICK: dict[str, Any] = {
     "recipes_size": (128, 32),
     "recipes_budget_s": 0.2,
     "recipes_tiled": (256, 16, 64),
+    "peers_size": (128, 32),
+    "peers_size_for": {},
+    "peers_budget_s": 0.2,
+    "peers_tiled": (256, 16, 64),
     "child_timeout_s": 600,
     "goals": False,
 }

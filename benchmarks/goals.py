@@ -42,6 +42,19 @@ KERNEL_MODES = [
     "unpaired, negatives without grad",
     "paired, negatives without grad",
 ]
+# the classes of infonce_xp.peers that the peers section times against the peers' code, at
+# (4096, 512) but pml.NTXentLoss, whose peer needs about 17 N^3 bytes (see common.FULL)
+PEER_SIZES = {"pml.NTXentLoss": (512, 512)}
+PEER_CLASSES = [
+    "pml.NTXentLoss",
+    "pml.SupConLoss",
+    "st.MultipleNegativesRankingLoss",
+    "st.MultipleNegativesRankingLoss (hardness)",
+    "lightly.NTXentLoss",
+    "lightly.DCLLoss",
+    "lightly.DCLWLoss",
+    "open_clip.ClipLoss",
+]
 
 GOALS: list[Goal] = [
     # PyTorch CPU forward+backward time; the floor is the bare q @ k.T and its backward.
@@ -73,6 +86,20 @@ GOALS: list[Goal] = [
     Goal("recipes", case(4096, 512), "supcon / label-free", 1.15),
     Goal("recipes", case(32768, 128), "tiled own peak / seed", 0.05, strict=True, percent=True),
     Goal("recipes", case(32768, 128), "tiled supcon peak / seed", 0.05, strict=True, percent=True),
+    # The peers issue: each class no slower than its peer's own code, and sentence-transformers'
+    # loss tiled in a small part of the peer's dense memory.
+    *(
+        Goal("peers", case(*PEER_SIZES.get(name, (4096, 512))), f"time {name} / peer", 1.0)
+        for name in PEER_CLASSES
+    ),
+    Goal(
+        "peers",
+        case(32768, 128),
+        "tiled peak / peer dense peak",
+        0.05,
+        strict=True,
+        percent=True,
+    ),
 ]
 
 

@@ -1,7 +1,7 @@
 """Speed and memory of infonce_xp against the seed (info-nce-pytorch) and the bare matmul, as ratios.
 
-Run ``python benchmarks/run.py`` (what ``nox -s bench`` does) for the full set, about 30 minutes
-on two cores; ``--quick`` for small sizes in seconds; ``--only SECTION`` for part of it. The
+Run ``python benchmarks/run.py`` (what ``nox -s bench`` does) for the full set, about 50 minutes
+on two cores (20 of them the peers section); ``--quick`` for small sizes in seconds; ``--only SECTION`` for part of it. The
 report is printed as Markdown and, for a full run, written to docs/benchmarks.md with its plots
 in docs/_static/. Nothing here asserts: numbers are reported, and goals.py says which goals
 they meet.
@@ -20,6 +20,7 @@ from typing import Any
 import jax_jit
 import memory
 import numpy_grad
+import peers
 import percall
 import recipes
 import report
@@ -35,6 +36,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "tiled": tiled.run,
     "percall": percall.run,
     "recipes": recipes.run,
+    "peers": peers.run,
 }
 SECTIONS = tuple(RUNNERS)
 

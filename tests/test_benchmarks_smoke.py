@@ -23,7 +23,14 @@ def test_quick_benchmark_runs_and_prints_tables(tmp_path: Path) -> None:
     # run_python fails the test, with the end of stdout and stderr, if the run exits non-zero
     out = run_python([str(RUN), "--quick", "--report", str(report)], timeout=600).stdout
     assert out.startswith("# Benchmarks")
-    for title in ("PyTorch: forward + backward time", "peak memory", "JAX", "NumPy", "Tiled"):
+    for title in (
+        "PyTorch: forward + backward time",
+        "peak memory",
+        "JAX",
+        "NumPy",
+        "Tiled",
+        "Peers",
+    ):
         assert title in out
     for title in ("Per-call cost", "Kernels per forward + backward", "JAX eager", "value and grad"):
         assert title.lower() in out.lower()
