@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import infonce_xp
-from reference import finite_difference
+from _option_checks import assert_gradients_match_finite_differences, assert_tiled_equals_untiled
 from reference_recipes import recipe_loss
-from test_recipes import CASES, F64, TILED, on, problem
+from test_recipes import CASES, F64, on, problem
 
 T = 0.3
 MODES = (True, "blocks")
@@ -61,31 +61,9 @@ def test_the_modes_differ():
 def test_gradients_match_finite_differences(backend, case, decoupled):
     """The analytic backward (``decoupled_sigma``'s weights held constant: no sigma here)."""
     arrays, options = problem(case, n=5)
-    grad_output = np.random.default_rng(3).normal(size=5)
-    common = {"reduction": "none", "decoupled": decoupled}
-    _, grads = infonce_xp.info_nce_value_and_grad(
-        *backend.asarrays(*arrays),
-        temperature=backend.asarray(np.asarray(T)),
-        grad_output=backend.asarray(grad_output),
-        **common,
-        **on(backend, options),
-    )
-
-    def value(q, k, neg, t):
-        rows = recipe_loss(q, k, neg, temperature=t, **common, **options)
-        return float(rows @ grad_output)
-
-    q, k, neg = arrays
-    wanted = [
-        finite_difference(lambda x: value(x, k, neg, T), q),
-        finite_difference(lambda x: value(q, x, neg, T), k),
-        None if neg is None else finite_difference(lambda x: value(q, k, x, T), neg),
-        finite_difference(lambda t: value(q, k, neg, float(t)), np.asarray(T)),
-    ]
-    for name, got, fd in zip(("query", "positive_key", "negative_keys", "t"), grads, wanted):
-        assert (got is None) == (fd is None), name
-        if fd is not None:
-            backend.assert_close(got, fd, rtol=1e-6, atol=1e-8, err_msg=name)
+    reference = {"decoupled": decoupled, **options}
+    core = {"decoupled": decoupled, **on(backend, options)}
+    assert_gradients_match_finite_differences(backend, arrays, core, reference, T)
 
 
 @pytest.mark.parametrize("sigma", SIGMAS)
@@ -93,22 +71,8 @@ def test_gradients_match_finite_differences(backend, case, decoupled):
 @pytest.mark.parametrize("case", DECOUPLED_CASES)
 def test_tiled_equals_untiled(backend, case, decoupled, sigma):
     arrays, options = problem(case)
-    common = {
-        "temperature": backend.asarray(np.asarray(T)),
-        "reduction": "none",
-        "grad_output": backend.asarray(np.random.default_rng(1).normal(size=7)),
-        "decoupled": decoupled,
-        "decoupled_sigma": sigma,
-        **on(backend, options),
-    }
-    inputs = backend.asarrays(*arrays)
-    loss, grads = infonce_xp.info_nce_value_and_grad(*inputs, **common)
-    tiled_loss, tiled_grads = infonce_xp.info_nce_value_and_grad(*inputs, chunk_size=3, **common)
-    backend.assert_close(tiled_loss, loss, **TILED)
-    for a, b in zip(tiled_grads, grads):
-        assert (a is None) == (b is None)
-        if b is not None:
-            backend.assert_close(a, b, **TILED)
+    core = {"decoupled": decoupled, "decoupled_sigma": sigma, **on(backend, options)}
+    assert_tiled_equals_untiled(backend, arrays, core, T, 3)
 
 
 def test_sigma_weights_are_constants_in_the_gradient():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import infonce_xp
-from reference import finite_difference
+from _option_checks import assert_gradients_match_finite_differences, assert_tiled_equals_untiled
 from reference_recipes import recipe_loss
-from test_recipes import F64, TILED
+from test_recipes import F64
 
 N, M, D, DG, T = 6, 2, 5, 3, 0.2
 LABELS = np.array([0, 1, 0, 2, 1, 0])
@@ -103,57 +103,21 @@ def test_the_model_guides_itself_without_guide():
 @pytest.mark.parametrize("guided", [True, False])
 @pytest.mark.parametrize("case", ["in-batch", "same-view+joint", "paired", "unpaired"])
 def test_gradients_match_finite_differences(backend, case, guided):
+    """Without a guide the model's own similarity masks, held constant: the difference
+    quotients are taken away from the threshold, where the mask does not change."""
     arrays, options, guide = problem(case, n=4, guided=guided)
     masking = {"guide_margin": 0.2}
-    grad_output = np.random.default_rng(3).normal(size=4)
-    _, grads = infonce_xp.info_nce_value_and_grad(
-        *backend.asarrays(*arrays),
-        temperature=backend.asarray(np.asarray(T)),
-        reduction="none",
-        grad_output=backend.asarray(grad_output),
-        **masking,
-        **on(backend, options, guide),
-    )
-
-    def value(q, k, neg, t):
-        # the mask held fixed where the model guides itself (its similarity is a constant)
-        rows = recipe_loss(
-            q, k, neg, temperature=t, reduction="none", guide=guide, **masking, **options
-        )
-        return float(rows @ grad_output)
-
-    q, k, neg = arrays
-    wanted = [
-        finite_difference(lambda x: value(x, k, neg, T), q),
-        finite_difference(lambda x: value(q, x, neg, T), k),
-        None if neg is None else finite_difference(lambda x: value(q, k, x, T), neg),
-        finite_difference(lambda t: value(q, k, neg, float(t)), np.asarray(T)),
-    ]
-    for name, got, fd in zip(("query", "positive_key", "negative_keys", "t"), grads, wanted):
-        assert (got is None) == (fd is None), name
-        if fd is not None:
-            backend.assert_close(got, fd, rtol=1e-6, atol=1e-8, err_msg=name)
+    core = masking | on(backend, options, guide)
+    reference = masking | options | {"guide": guide}
+    assert_gradients_match_finite_differences(backend, arrays, core, reference, T)
 
 
 @pytest.mark.parametrize("guided", [True, False])
 @pytest.mark.parametrize("case", list(CASES))
 def test_tiled_equals_untiled(backend, case, guided):
     arrays, options, guide = problem(case, guided=guided)
-    common = {
-        "temperature": backend.asarray(np.asarray(T)),
-        "reduction": "none",
-        "grad_output": backend.asarray(np.random.default_rng(1).normal(size=N)),
-        "guide_margin": 0.1,
-        **on(backend, options, guide),
-    }
-    inputs = backend.asarrays(*arrays)
-    loss, grads = infonce_xp.info_nce_value_and_grad(*inputs, **common)
-    tiled_loss, tiled_grads = infonce_xp.info_nce_value_and_grad(*inputs, chunk_size=4, **common)
-    backend.assert_close(tiled_loss, loss, **TILED)
-    for a, b in zip(tiled_grads, grads):
-        assert (a is None) == (b is None)
-        if b is not None:
-            backend.assert_close(a, b, **TILED)
+    core = {"guide_margin": 0.1, **on(backend, options, guide)}
+    assert_tiled_equals_untiled(backend, arrays, core, T, 4)
 
 
 def test_jit_and_compile():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import infonce_xp
+from _option_checks import assert_tiled_equals_untiled
 from reference import finite_difference
 from reference_recipes import recipe_loss
-from test_recipes import F64, TILED
+from test_recipes import F64
 
 N, M, D, T, ALPHA = 6, 2, 5, 0.2, 3.0
 MODES = ("in_batch_negatives", "hard_negatives", "all_negatives")
@@ -162,22 +163,8 @@ def _torch_frozen(leaves, hardness, options):
 @pytest.mark.parametrize(("case", "mode"), list(cases()))
 def test_tiled_equals_untiled(backend, case, mode):
     arrays, options = problem(case)
-    common = {
-        "temperature": backend.asarray(np.asarray(T)),
-        "reduction": "none",
-        "grad_output": backend.asarray(np.random.default_rng(1).normal(size=N)),
-        "hardness_mode": mode,
-        "hardness_strength": ALPHA,
-        **on(backend, options),
-    }
-    inputs = backend.asarrays(*arrays)
-    loss, grads = infonce_xp.info_nce_value_and_grad(*inputs, **common)
-    tiled_loss, tiled_grads = infonce_xp.info_nce_value_and_grad(*inputs, chunk_size=4, **common)
-    backend.assert_close(tiled_loss, loss, **TILED)
-    for a, b in zip(tiled_grads, grads):
-        assert (a is None) == (b is None)
-        if b is not None:
-            backend.assert_close(a, b, **TILED)
+    core = {"hardness_mode": mode, "hardness_strength": ALPHA, **on(backend, options)}
+    assert_tiled_equals_untiled(backend, arrays, core, T, 4)
 
 
 def test_jit_and_compile():

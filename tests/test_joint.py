@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import infonce_xp
-from reference import finite_difference
+from _option_checks import assert_gradients_match_finite_differences, assert_tiled_equals_untiled
 from reference_recipes import recipe_loss
-from test_recipes import F64, TILED
+from test_recipes import F64
 
 N, M, D, T = 6, 2, 5, 0.2
 JOINT = [("key_to_query",), ("key_to_key",), ("key_to_key", "key_to_query")]
@@ -75,55 +75,17 @@ def test_values_match_reference(backend, case, joint):
 @pytest.mark.parametrize("case", ["shared", "labels", "unpaired"])
 def test_gradients_match_finite_differences(backend, case):
     arrays, options = problem(case, n=4)
-    joint = ("key_to_key", "key_to_query")
-    grad_output = np.random.default_rng(3).normal(size=4)
-    _, grads = infonce_xp.info_nce_value_and_grad(
-        *backend.asarrays(*arrays),
-        temperature=backend.asarray(np.asarray(T)),
-        reduction="none",
-        grad_output=backend.asarray(grad_output),
-        joint_directions=joint,
-        **on(backend, options),
-    )
-
-    def value(q, k, neg, t):
-        rows = recipe_loss(
-            q, k, neg, temperature=t, reduction="none", joint_directions=joint, **options
-        )
-        return float(rows @ grad_output)
-
-    q, k, neg = arrays
-    wanted = [
-        finite_difference(lambda x: value(x, k, neg, T), q),
-        finite_difference(lambda x: value(q, x, neg, T), k),
-        None if neg is None else finite_difference(lambda x: value(q, k, x, T), neg),
-        finite_difference(lambda t: value(q, k, neg, float(t)), np.asarray(T)),
-    ]
-    for name, got, fd in zip(("query", "positive_key", "negative_keys", "t"), grads, wanted):
-        assert (got is None) == (fd is None), name
-        if fd is not None:
-            backend.assert_close(got, fd, rtol=1e-6, atol=1e-8, err_msg=name)
+    joint = {"joint_directions": ("key_to_key", "key_to_query")}
+    core = joint | on(backend, options)
+    assert_gradients_match_finite_differences(backend, arrays, core, joint | options, T)
 
 
 @pytest.mark.parametrize("joint", JOINT)
 @pytest.mark.parametrize("case", list(CASES))
 def test_tiled_equals_untiled(backend, case, joint):
     arrays, options = problem(case)
-    common = {
-        "temperature": backend.asarray(np.asarray(T)),
-        "reduction": "none",
-        "grad_output": backend.asarray(np.random.default_rng(1).normal(size=N)),
-        "joint_directions": joint,
-        **on(backend, options),
-    }
-    inputs = backend.asarrays(*arrays)
-    loss, grads = infonce_xp.info_nce_value_and_grad(*inputs, **common)
-    tiled_loss, tiled_grads = infonce_xp.info_nce_value_and_grad(*inputs, chunk_size=4, **common)
-    backend.assert_close(tiled_loss, loss, **TILED)
-    for a, b in zip(tiled_grads, grads):
-        assert (a is None) == (b is None)
-        if b is not None:
-            backend.assert_close(a, b, **TILED)
+    core = {"joint_directions": joint, **on(backend, options)}
+    assert_tiled_equals_untiled(backend, arrays, core, T, 4)
 
 
 def test_jit_and_compile():

@@ -156,16 +156,20 @@ _HARD = {
 
 
 class _Blocks(NamedTuple):
-    """The shared blocks of a direction, in order, as ``problem`` reads them."""
+    """Where the cells of a direction's shared blocks are, in order, as ``problem`` reads them."""
 
-    arrays: list[Array]
-    labels: list[Any]
+    labels: list[Any]  # each block's (a grouped block's as its N * M rows), or None
     own: Any  # the shared column of anchor 0's own positive, or None (see Problem)
     hide: Any  # the shared column of anchor 0 itself (same view), or None
     twin: Any  # the own positive's column when it is also a column of its own, or None
     unseen: tuple[Any, ...]  # further hidden cells (see Problem)
     starts: tuple[int, ...]  # each block's first column
     hard: tuple[Any, ...]  # hardness's rules (see Problem)
+
+
+def _roles(d: Direction) -> list[tuple[str, str, int]]:
+    """The shared blocks by name and role, with the anchor that scores them (0, 1: second)."""
+    return [(n, r, 0) for n, r in d.shared] + [(n, r, 1) for n, r in d.second_shared]
 
 
 def _blocks(
@@ -177,21 +181,17 @@ def _blocks(
     offset: Any,
     apart: bool,
 ) -> _Blocks:
-    """The shared blocks (the second anchor's after the anchor's), with where their own
-    positive, hidden and hard cells are; a grouped block (N, M, D) as its N * M rows."""
+    """The shared blocks' labels (a grouped block (N, M, D) as its N * M rows), and where their
+    own positive, hidden and hard cells are."""
     rules = _HARD[config.hardness[0]] if config.hardness and d.anchor == QUERY else {}
-    arrays, labelled, starts, hard, unseen = [], [], [], [], []
+    labelled, starts, hard, unseen = [], [], [], []
     own = hide = twin = None
     start = 0
-    roles = [(name, role, 0) for name, role in d.shared]
-    roles += [(name, role, 1) for name, role in d.second_shared]
-    for name, role, side in roles:
-        block, size, lab = units[name], 1, labels.get(_labels_of(name))
-        if role.startswith("grouped"):  # (N, M, D): row i's own M in a row
-            size = block.shape[1]
-            block = xp.reshape(block, (block.shape[0] * size, block.shape[2]))
-            lab = None if lab is None else xp.reshape(lab, (block.shape[0],))
-        stop = start + block.shape[0]
+    for name, role, side in _roles(d):
+        shape, lab = units[name].shape, labels.get(_labels_of(name))
+        size, stop = shape[1] if len(shape) == 3 else 1, start + math.prod(shape[:-1])
+        if lab is not None and role.startswith("grouped"):
+            lab = xp.reshape(lab, (stop - start,))
         if role in rules and side == 0:
             hard.append((start, stop, size, offset, rules[role]))
         if role == "own":
@@ -200,17 +200,38 @@ def _blocks(
             hide = offset + start
         elif role in ("self", "grouped-self"):
             unseen.append((start, stop, size, offset))
-        arrays.append(block)
         labelled.append(lab)
         starts.append(start)
         start = stop
-    return _Blocks(arrays, labelled, own, hide, twin, tuple(unseen), tuple(starts), tuple(hard))
+    return _Blocks(labelled, own, hide, twin, tuple(unseen), tuple(starts), tuple(hard))
 
 
-def _joined(xp: Namespace, y: Any, blocks: _Blocks) -> tuple[Any, Any, Any]:
+def _laid_out(xp: Namespace, d: Direction, get: Any, positive: str | None) -> tuple[Any, ...]:
+    """A direction's arrays from ``get(name)``: the anchor, the shared blocks (grouped ones as
+    rows), the paired block and the own positives' column (``positive``, or None); with a
+    second anchor, widened (see ``_sides``) to score row i against both with one product."""
+    anchor = get(d.anchor)
+    width = anchor.shape[-1]
+
+    def side(x: Array, which: int) -> Array:
+        return x if d.second is None else _sides(xp, x, which, width)
+
+    parts = []
+    for name, role, which in _roles(d):
+        block = get(name)
+        if role.startswith("grouped"):  # (N, M, D): row i's own M in a row
+            block = xp.reshape(block, (block.shape[0] * block.shape[1], block.shape[2]))
+        parts.append(side(block, which))
+    paired = None if d.paired is None else side(get(d.paired), 0)
+    own = None if positive is None else side(get(positive), 0)
+    if d.second is not None:
+        anchor = xp.concat([anchor, get(d.second)], axis=-1)
+    return anchor, parts, paired, own
+
+
+def _joined(xp: Namespace, y: Any, parts: list[Array], blocks: _Blocks) -> tuple[Any, Any, Any]:
     """The shared blocks as one array, with their labels and which of them carry one."""
-    parts = blocks.arrays
-    shared = None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+    shared = _concat(xp, parts)
     if y is None or all(lab is None for lab in blocks.labels):
         return shared, None, None
     filled, flags = [], []
@@ -223,6 +244,10 @@ def _joined(xp: Namespace, y: Any, blocks: _Blocks) -> tuple[Any, Any, Any]:
     if any(lab is None for lab in blocks.labels):
         labelled = xp.concat(flags, axis=0)
     return shared, shared_labels, labelled
+
+
+def _concat(xp: Namespace, parts: list[Array]) -> Any:
+    return None if not parts else parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def _sides(xp: Namespace, x: Array, side: int, width: int) -> Array:
@@ -254,22 +279,8 @@ def _guides(
     out: dict[str, Any] = {"threshold": similarity - lower}
     if not by_guide:
         return out
-    roles = [(name, role, 0) for name, role in d.shared]
-    roles += [(name, role, 1) for name, role in d.second_shared]
-    anchor, width = units[g[d.anchor]], units[g[d.anchor]].shape[-1]
-    parts = []
-    for name, role, side in roles:
-        block = units[g[name]]
-        if role.startswith("grouped"):
-            block = xp.reshape(block, (block.shape[0] * block.shape[1], block.shape[2]))
-        parts.append(block if d.second is None else _sides(xp, block, side, width))
-    paired = None if d.paired is None else units[g[d.paired]]
-    if d.second is not None:
-        anchor = xp.concat([anchor, units[g[d.second]]], axis=-1)
-        paired = None if paired is None else _sides(xp, paired, 0, width)
-    out["guide_anchor"], out["guide_paired"] = anchor, paired
-    if parts:
-        out["guide_shared"] = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+    anchor, parts, paired, _ = _laid_out(xp, d, lambda name: units[g[name]], None)
+    out |= {"guide_anchor": anchor, "guide_paired": paired, "guide_shared": _concat(xp, parts)}
     return out
 
 
@@ -291,19 +302,9 @@ def problem(
     ``_sides``)."""
     y: Any = labels.get(LABELS) if config.labelled else None
     b = _blocks(xp, config, d, units, labels, offset, apart)
-    anchor = units[d.anchor]
-    paired = None if d.paired is None else units[d.paired]
-    positive = None if d.positive is None else units[d.positive]
-    if b.twin is not None:
-        positive = units[d.own_positive() or ""]
-    if d.second is not None:
-        width, first = anchor.shape[-1], len(d.shared)
-        arrays = [_sides(xp, x, int(i >= first), width) for i, x in enumerate(b.arrays)]
-        b = b._replace(arrays=arrays)
-        anchor = xp.concat([anchor, units[d.second]], axis=-1)
-        paired = None if paired is None else _sides(xp, paired, 0, width)
-        positive = None if positive is None else _sides(xp, positive, 0, width)
-    shared, shared_labels, labelled = _joined(xp, y, b)
+    positive_name = d.positive if b.twin is None else d.own_positive()
+    anchor, parts, paired, positive = _laid_out(xp, d, units.__getitem__, positive_name)
+    shared, shared_labels, labelled = _joined(xp, y, parts, b)
     paired_labels = None if y is None or paired is None else labels.get(NEGATIVE_LABELS)
     factor = hard = None
     if config.hardness is not None and d.anchor == QUERY:
