@@ -351,7 +351,9 @@ def response(
     if p.positives != "supcon":
         lse_negatives, sigmas = residual
         pull = None
-        if positive is not None:  # before z is written over
+        if positive is not None and p.positives == "own":  # the one positive's is sigma_i
+            pull = xp.where(positive, sigmas[:, None], 0.0)
+        elif positive is not None:  # before z is written over
             pull = _sigmoid(xp, lse_negatives[:, None] - z)
             pull = xp.where(positive, pull, xp.zeros_like(pull))
         kept = _hide(xp, z, _or(hidden, positive), mine)
