@@ -1,10 +1,11 @@
-"""sentence-transformers' MultipleNegativesRankingLoss, for any array library.
+"""sentence-transformers' contrastive losses, for any array library.
 
 ``from infonce_xp.peers import sentence_transformers as st`` and
-``st.MultipleNegativesRankingLoss(scale=20.0, ...)`` replace the loss of
-``sentence_transformers.losses``: the same arguments after ``model`` (the model and
-``similarity_fct`` are left out: the loss takes embeddings, and the similarity is the cosine),
-sentence-transformers' numbers, on the arrays they are given.
+``st.MultipleNegativesRankingLoss(scale=20.0, ...)``, ``st.CachedMultipleNegativesRankingLoss``
+and ``st.GISTEmbedLoss`` replace the losses of ``sentence_transformers.losses``: the same
+arguments after ``model`` (the models and ``similarity_fct`` are left out: the losses take
+embeddings, and the similarity is the cosine), sentence-transformers' numbers, on the arrays
+they are given.
 """
 
 from __future__ import annotations
