@@ -351,11 +351,10 @@ def response(
     if p.positives != "supcon":
         lse_negatives, sigmas = residual
         pull = None
-        if positive is not None and p.positives == "own":  # the one positive's is sigma_i
-            pull = xp.where(positive, sigmas[:, None], 0.0)
-        elif positive is not None:  # before z is written over
-            pull = _sigmoid(xp, lse_negatives[:, None] - z)
-            pull = xp.where(positive, pull, xp.zeros_like(pull))
+        if positive is not None:  # before z is written over ("own": its one positive's sigma)
+            own = p.positives == "own"
+            at = sigmas[:, None] if own else _sigmoid(xp, lse_negatives[:, None] - z)
+            pull = xp.where(positive, at, 0.0)
         kept = _hide(xp, z, _or(hidden, positive), mine)
         shift = safe_shift(xp, lse_negatives)[:, None]
         out = multiply_into(xp, _exp(xp, kept, shift, mine), sigmas[:, None])
@@ -377,8 +376,7 @@ def vmf_weights(xp: Namespace, anchor: Array, positive: Array, sigma: float) -> 
 
 
 def _part_shift(xp: Namespace, lse: Array, part: Any) -> Array:
-    """Each cell's log-sum-exp: the row's (n, 1), or that of the cell's block, from the
-    blocks' (n, K) and the cells' ``part`` (see ``shared_cells``)."""
+    """Each cell's log-sum-exp: the row's, or (``lse`` (n, K)) that of the cell's ``part``."""
     if lse.ndim == 1:
         return safe_shift(xp, lse)[:, None]
     lse = safe_shift(xp, lse)
