@@ -10,6 +10,7 @@ DDP averages its gradient like the encoder's.
 
 from __future__ import annotations
 
+import gc
 import socket
 from datetime import timedelta
 
@@ -68,8 +69,10 @@ def worker(rank: int, world_size: int, port: int) -> None:
                 f"(rank 0: {loss.item():.4f}), temperature {temperature:.4f}"
             )
     dist.barrier()  # nobody tears down while another is still communicating
-    # DDP's reducer holds threads on the process group: release it before the group goes.
-    del model, optimizer
+    # DDP's reducer holds threads on the process group, and the last loss's graph holds the
+    # reducer's hooks: release them all before the group goes.
+    del model, optimizer, loss, total
+    gc.collect()
     dist.destroy_process_group()
 
 
