@@ -18,6 +18,14 @@ from ._arrays import (
     torch_compiling,
 )
 from ._checks import check_temperature, describe
+from ._data import (
+    check_companions,
+    check_labels,
+    check_references,
+    check_weight_values,
+    check_weights,
+    companions,
+)
 from ._engine import Plan
 from ._namespaces import is_numpy_value
 from ._options import Options
@@ -57,13 +65,16 @@ def check_call(
     xp: Namespace | None = None,
     supervised: bool = False,
     guide: Any = None,
+    teacher: Any = None,
+    sample_weight: Any = None,
 ) -> Call:
     """Check a call's arrays against ``options``, before any computation.
 
     ``temperature`` overrides ``options.temperature`` (a module's learned one, positive by
     construction, so not read); ``xp`` None infers the namespace from the arrays.
     ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
-    ``guide``: a guide model's embeddings of the query, positive key (and negatives) rows.
+    ``guide`` (or ``teacher``): a guide's (a teacher's) embeddings of the query, positive key
+    (and negatives) rows; ``sample_weight``: the rows' weights.
 
     The checks read static facts only, so a call whose facts (the ``options`` object, and the
     name, type, shape, dtype and device of each array) passed before is not checked again: its
@@ -81,8 +92,10 @@ def check_call(
     ):
         if x is not None:
             given[name] = x
-    if guide is not None:
-        given |= _guides(guide, negative_keys is not None)
+    more, role = companions(guide, teacher, negative_keys is not None)
+    given |= more
+    if sample_weight is not None:
+        given[_directions.SAMPLE_WEIGHT] = sample_weight
     key: Any = None
     t = options.temperature if temperature is None else temperature
     if type(t) in (float, int) and not torch_compiling():
@@ -94,8 +107,10 @@ def check_call(
         except Exception:  # not an array, a traced one, or facts that do not hash: check
             key = found = None
         if found is not None:
+            if sample_weight is not None:  # values, read at every call
+                check_weight_values(found.xp, sample_weight)
             return Call(found.xp, given, found.temperature, found.plan, found.options)
-    call = _check_call(options, given, temperature, xp, supervised)
+    call = _check_call(options, given, temperature, xp, supervised, role)
     if key is not None:
         if len(_CHECKED) >= 64:
             _CHECKED.clear()
@@ -109,22 +124,24 @@ def _check_call(
     temperature: Any,
     xp: Namespace | None,
     supervised: bool,
+    role: str = "",
 ) -> Call:
     """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
     if supervised:
-        _check_references(given)
+        check_references(given)
     named = {
         first if k == _directions.QUERY else k: x
         for k, x in given.items()
-        if k not in _TAGS and k not in _directions.GUIDE_NAMES
+        if k not in _TAGS and k not in _directions.GUIDE_NAMES and k != _directions.SAMPLE_WEIGHT
     }
     if supervised and _directions.LABELS not in given:
         raise TypeError("labels must be an array of integer class ids, one per row; got None")
     tags = {k: x for k, x in given.items() if k in _TAGS}
     guides = {k: x for k, x in given.items() if k in _directions.GUIDE_NAMES}
+    weights = {k: x for k, x in given.items() if k == _directions.SAMPLE_WEIGHT}
     negative_keys = given.get(_directions.NEGATIVES)
-    for name, x in [*named.items(), *tags.items(), *guides.items()]:
+    for name, x in [*named.items(), *tags.items(), *guides.items(), *weights.items()]:
         if not is_array_api_obj(x):
             kind = "integer class ids" if name in tags else "(NumPy, torch, JAX, CuPy, ...)"
             raise TypeError(f"{name} must be an array {kind}; got {describe(x)}")
@@ -134,7 +151,8 @@ def _check_call(
     if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
     t_array = is_array_api_obj(temperature)
-    everything = named | tags | guides | ({"temperature": temperature} if t_array else {})
+    everything = named | tags | guides | weights
+    everything |= {"temperature": temperature} if t_array else {}
     if xp is not None and not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
     kinds = ", ".join(
@@ -181,8 +199,11 @@ def _check_call(
             f"negative_keys of shape {tuple(negative_keys.shape)} and "
             f"in_batch_negatives={options.in_batch_negatives!r}"
         )
-    _check_labels(xp, named, tags, mode)
-    _check_guides(xp, options, named | guides)
+    check_labels(xp, named, tags, mode)
+    check_companions(xp, options, named | guides, role)
+    for w in weights.values():
+        check_weights(xp, w, named[first].shape[0], first)
+        check_weight_values(xp, w)
     hardness = None
     if options.hardness_mode is not None and options.hardness_strength > 0:
         hardness = (options.hardness_mode, float(options.hardness_strength))
@@ -193,7 +214,12 @@ def _check_call(
                 "negative_mode='paired' (with share_negatives=True to share them); got "
                 f"unpaired negative_keys of shape {tuple(negative_keys.shape)}"
             )
-    guided = None
+    guided = target = debias = None
+    if options.label_smoothing or role == "teacher":
+        teacher = 1.0 / options.teacher_temperature if role == "teacher" else None
+        target = (float(options.label_smoothing), teacher)
+    if options.debiased_prior or options.hardness_beta:
+        debias = (float(options.debiased_prior), float(options.hardness_beta))
     if options.guide_margin is not None:
         guided = (float(options.guide_margin), options.guide_strategy, bool(guides))
     config = _directions.Config(
@@ -213,106 +239,15 @@ def _check_call(
         options.decoupled_sigma,
         () if supervised else options.joint_directions,
         guided,
+        target,
+        float(options.margin),
+        debias,
+        bool(weights),
     )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
-    floats = {k: x for k, x in given.items() if k not in _TAGS}
+    floats = {k: x for k, x in given.items() if k not in _directions.DATA_NAMES}
     plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()), floats)
     return Call(xp, given, temperature, plan, options)
-
-
-def _check_references(given: dict[str, Any]) -> None:
-    """The single set's reference rows (``negative_keys`` inside): 2-D, with one label each."""
-    refs, ref_labels = given.get(_directions.NEGATIVES), given.get(_directions.NEGATIVE_LABELS)
-    if (refs is None) != (ref_labels is None):
-        raise ValueError(
-            "references and reference_labels go together (the positives of a row are the "
-            f"references of its class); got references={describe(refs)} and "
-            f"reference_labels={describe(ref_labels)}"
-        )
-    if refs is None or ref_labels is None:
-        return
-    x = given[_directions.QUERY]
-    if not (is_array_api_obj(refs) and refs.ndim == 2 and refs.shape[1:] == x.shape[1:]):
-        raise ValueError(
-            f"references must have shape (M, {x.shape[-1]}), rows like the embeddings'; got "
-            f"{describe(refs)}"
-        )
-    if not (is_array_api_obj(ref_labels) and tuple(ref_labels.shape) == (refs.shape[0],)):
-        raise ValueError(
-            f"reference_labels must have shape ({refs.shape[0]},), one id per reference; got "
-            f"{describe(ref_labels)}"
-        )
-
-
-def _guides(guide: Any, negatives: bool) -> dict[str, Any]:
-    """The guide's arrays by name: one per input array, in the inputs' order."""
-    names = [_directions.QUERY, _directions.KEY] + ([_directions.NEGATIVES] if negatives else [])
-    if not isinstance(guide, (tuple, list)) or len(guide) != len(names):
-        raise TypeError(
-            f"guide must be a tuple of {len(names)} arrays, the guide's embeddings of "
-            f"{', '.join(names)}; got {describe(guide)}"
-        )
-    return {_directions.GUIDE_OF[name]: x for name, x in zip(names, guide)}
-
-
-def _check_guides(xp: Namespace, options: Options, named: dict[str, Array]) -> None:
-    """The guide's arrays: floating, one row per row of the array each guides, one width."""
-    guides = {k: x for k, x in named.items() if k in _directions.GUIDE_NAMES}
-    if guides and options.guide_margin is None:
-        raise ValueError("guide= gives the similarities of guide_margin: it needs guide_margin")
-    widths = set()
-    for name, x in guides.items():
-        guided = named[name.removeprefix("guide_")]
-        if not xp.isdtype(x.dtype, "real floating"):
-            raise TypeError(f"{name} must have a real floating dtype; got {x.dtype}")
-        if x.ndim != guided.ndim or tuple(x.shape[:-1]) != tuple(guided.shape[:-1]):
-            raise ValueError(
-                f"{name} must have the rows of {name.removeprefix('guide_')}: shape "
-                f"{(*guided.shape[:-1], 'D_guide')}; got {tuple(x.shape)}"
-            )
-        widths.add(x.shape[-1])
-    if len(widths) > 1:
-        raise ValueError(f"the guide's arrays must share one width; got {sorted(widths)}")
-
-
-def _check_labels(
-    xp: Namespace, named: dict[str, Array], tags: dict[str, Array], mode: str
-) -> None:
-    """Labels: integer arrays of one id per row, and per negative (shared or per row)."""
-    first = next(iter(named))
-    n = named[first].shape[0]
-    negatives: Any = named.get("negative_keys")
-    if "negative_labels" in tags:
-        if "labels" not in tags:
-            raise ValueError(
-                "negative_labels are compared with the labels of the queries: they need labels"
-            )
-        if negatives is None:
-            raise ValueError("negative_labels label the negative_keys: they need negative_keys")
-    for name, x in tags.items():
-        if not (xp.isdtype(x.dtype, "integral")):
-            raise TypeError(f"{name} must have an integer dtype; got {x.dtype}")
-    if len(tags) == 2:  # compared with each other: they need a common integer dtype
-        a, b = tags["labels"].dtype, tags["negative_labels"].dtype
-        try:
-            common = xp.result_type(a, b)
-        except (TypeError, ValueError, RuntimeError):
-            common = None
-        if common is None or not xp.isdtype(common, "integral"):
-            raise TypeError(
-                "labels and negative_labels must have integer dtypes with a common integer "
-                f"type, as the ids are compared; got {a} and {b} (e.g. int64 for both)"
-            )
-    for name, x in tags.items():
-        if name == "labels":
-            expected: tuple[int, ...] = (n,)
-        else:
-            expected = tuple(negatives.shape[:-1])  # (M,) or (N, M)
-        if tuple(x.shape) != expected:
-            raise ValueError(
-                f"{name} must have shape {expected}, one id per "
-                f"{'row of ' + first if name == 'labels' else 'negative'}; got {tuple(x.shape)}"
-            )
 
 
 def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:

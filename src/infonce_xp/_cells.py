@@ -18,8 +18,10 @@ log-sum-exp over the kept cells and ``lseN_i`` over the negatives:
   block, summed).
 
 Other cell rules: hidden same-view and grouped cells (``Problem.unseen``), a guide's false
-negatives (``Problem.threshold``), hardness weighting (:func:`harden`). A row without a
-positive has loss 0 and no gradient. The gradient of ``l_i`` in ``z_ij`` is the *response*:
+negatives (``Problem.threshold``), hardness weighting and the margin (:func:`adjust`); soft
+targets (label smoothing, a teacher) and the debiased estimator score a row as
+:mod:`._targets` says. A row without a positive has loss 0 and no gradient. The gradient of
+``l_i`` in ``z_ij`` is the *response*:
 
 - "supcon": ``exp(z_ij - lse_i) - [j in P_i] / c_i`` over the kept cells;
 - "own", "pairs": ``sigma_i exp(z_ij - lseN_i)`` on negatives and ``-sigmoid(lseN_i - z_ij)``
@@ -27,7 +29,8 @@ positive has loss 0 and no gradient. The gradient of ``l_i`` in ``z_ij`` is the 
 - decoupled: ``exp(z_ij - lseN_i)`` on negatives (its block's), ``-w_i`` at the positive.
 
 A new way to score a row changes :func:`first_pass`, :func:`finish` and :func:`response`, which
-the dense and the tiled executions both run (and ``_dense._shared_only``, or its guard).
+the dense and the tiled executions both run (and ``_dense._shared_only``, or its guard). A tile's
+masks are ``(hidden, positive, part, hard, teacher)`` (see :func:`shared_cells`).
 
 Anchor ``i`` may also have its own positive as a column of its own (``Problem.positive``, row
 ``i`` of an (N, D) array). The dense path keeps ``R`` (one N x M matrix per block, as the plain
@@ -39,7 +42,19 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._arrays import device, fill_where, multiply_into, row_dot, subtract_exp, subtract_into
+from . import _targets
+from ._arrays import device, multiply_into, row_dot, subtract_into
+from ._rows import count as _count
+from ._rows import either as _or
+from ._rows import exp_of as _exp
+from ._rows import hide as _hide
+from ._rows import log_of as _log
+from ._rows import lse as _lse
+from ._rows import lse_update as _lse_update
+from ._rows import masked_sum as _masked_sum
+from ._rows import safe_shift, zeros
+from ._rows import sigmoid as _sigmoid
+from ._rows import softplus as _softplus
 from ._typing import Array, Namespace
 
 
@@ -73,6 +88,12 @@ class Problem(NamedTuple):
     guide_paired: Any = None  # (N, Mp, Dg): the guide's paired candidates
     threshold: Any = None  # (N,): a cell whose guide similarity (without a guide: whose logit)
     # is above its row's threshold is hidden, the own positive excepted; None: no masking
+    guide_positive: Any = None  # (N, Dg): the teacher's own positives, as ``positive``
+    smoothing: float = 0.0  # label smoothing: the share of the row's target spread evenly
+    teacher: Any = None  # the teacher's scale: the guide arrays are a teacher's, whose logits
+    # (similarities times it) give the rows' targets; None: no teacher
+    margin: Any = None  # (in logits, as given): the additive margin on the positives; or None
+    debias: Any = None  # (tau, beta, -scale): the debiased estimator (see _targets); or None
 
 
 class Saved(NamedTuple):
@@ -84,6 +105,7 @@ class Saved(NamedTuple):
     paired: Any
     positive: Any
     count: Array
+    extra: Any = None  # (N,): each row's derivative in the scale beyond its logits', or None
 
 
 # Cells ------------------------------------------------------------------------------------
@@ -116,13 +138,14 @@ def shared_cells(
     cy: Any,
     lab: Any,
     g: Any = None,
-) -> tuple[Any, Any, Any, Any]:
-    """``(hidden, positive, part, hard)`` of one tile of shared logits (rows from ``row0``,
-    columns from ``col0``; columns past the shared block are padding if ``padded``). ``y``,
-    ``cy``, ``lab``: the tile's labels (or None); ``g``: the guide's similarities of the tile
-    (or None). ``part``: each column's block where each block has its own log-sum-exp
-    (``decoupled="blocks"``), else None. ``hard``: the cells whose logits hardness weighs (see
-    :func:`harden`), or None."""
+) -> tuple[Any, ...]:
+    """``(hidden, positive, part, hard, teacher)`` of one tile of shared logits (rows from
+    ``row0``, columns from ``col0``; columns past the shared block are padding if ``padded``).
+    ``y``, ``cy``, ``lab``: the tile's labels (or None); ``g``: the guide's (or teacher's)
+    similarities of the tile (or None). ``part``: each column's block where each block has its
+    own log-sum-exp (``decoupled="blocks"``), else None. ``hard``: the cells whose logits
+    hardness weighs (see :func:`adjust`), or None. ``teacher``: the teacher's logits of the
+    tile, or None."""
     rows = xp.arange(z.shape[0], device=device(z))[:, None] + row0
     cols = xp.arange(z.shape[1], device=device(z))[None, :] + col0
     hidden = cols >= p.shared.shape[0] if padded else None
@@ -146,7 +169,7 @@ def shared_cells(
         for first in p.parts[1:]:
             part = part + xp.astype(cols >= first, xp.int32)
     hidden, positive = _classify(xp, p.positives, hidden, own, same)
-    return hidden, positive, part, _hard(xp, p, rows, cols, positive)
+    return hidden, positive, part, _hard(xp, p, rows, cols, positive), _taught(p, g)
 
 
 def _guided(p: Problem, z: Array, g: Any, own: Any) -> Any:
@@ -174,7 +197,7 @@ def _hard(xp: Namespace, p: Problem, rows: Array, cols: Array, positive: Any) ->
 
 def paired_cells(
     xp: Namespace, p: Problem, z: Array, y: Any, py: Any, g: Any = None
-) -> tuple[Any, Any, Any, Any]:
+) -> tuple[Any, ...]:
     """Masks of the paired logits (n, Mp) of some rows, with their labels (or None), the
     guide's similarities (or None), their part and their hard cells (see ``shared_cells``)."""
     same = None if y is None or py is None else y[:, None] == py
@@ -182,79 +205,35 @@ def paired_cells(
     hard = None
     if p.hard is not None and p.hard[1]:
         hard = xp.ones(z.shape, dtype=xp.bool, device=device(z))
-    return (*_classify(xp, p.positives, _guided(p, z, g, None), None, same), part, hard)
+    hidden, positive = _classify(xp, p.positives, _guided(p, z, g, None), None, same)
+    return hidden, positive, part, hard, _taught(p, g)
 
 
-def own_cells(xp: Namespace, z: Array) -> tuple[Any, Any, Any, Any]:
-    """Masks of the own positives' column (n, 1): each a positive."""
-    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z)), None, None
+def own_cells(xp: Namespace, p: Problem, z: Array, g: Any = None) -> tuple[Any, ...]:
+    """Masks of the own positives' column (n, 1): each a positive; with the teacher's logits
+    of the column (``g``: its similarities, or None)."""
+    return None, xp.ones(z.shape, dtype=xp.bool, device=device(z)), None, None, _taught(p, g)
 
 
-# Statistics of a row, accumulated tile by tile ---------------------------------------------
+def _taught(p: Problem, g: Any) -> Any:
+    """A tile's teacher logits from its similarities (None without a teacher)."""
+    return None if p.teacher is None or g is None else g * p.teacher
 
 
-def row_max(xp: Namespace, z: Array) -> Array:
-    return xp.max(z, axis=-1) if z.shape[-1] else xp.full(z.shape[:-1], -xp.inf, dtype=z.dtype)
+def adjust(xp: Namespace, p: Problem, z: Array, hard: Any, positive: Any) -> Array:
+    """The logits with hardness weighting and the margin.
 
-
-def safe_shift(xp: Namespace, top: Array) -> Array:
-    """A shift for ``exp``: the row maximum, or 0 where nothing is kept (max -inf)."""
-    return xp.where(top == -xp.inf, xp.zeros_like(top), top)
-
-
-def _hide(xp: Namespace, z: Array, hidden: Any, mine: bool) -> Array:
-    """``z`` with the hidden cells -inf: written over ``z`` where the library can if ``mine``
-    (a tile used once, as the tiled execution's are), else a new array."""
-    if hidden is None:
-        return z
-    if mine:
-        return fill_where(xp, z, xp.broadcast_to(hidden, z.shape), -xp.inf)
-    return xp.where(hidden, -xp.inf, z)
-
-
-def _exp(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
-    """``exp(z - shift)``, over ``z`` if ``mine`` (see :func:`_hide`)."""
-    return subtract_exp(xp, z, shift) if mine else xp.exp(z - shift)
-
-
-def _lse_update(
-    xp: Namespace, top: Array, total: Array, z: Array, hidden: Any, mine: bool, part: Any
-) -> Any:
-    """Online log-sum-exp: the running maximum and shifted sum, updated with the kept cells;
-    with ``part``, one per block (``top`` and ``total`` then (n, K), the cells (n, K, c))."""
-    if part is not None:
-        ks = xp.arange(top.shape[-1], device=device(z))[:, None]
-        hidden = _or(None if hidden is None else hidden[:, None, :], part[..., None, :] != ks)
-        z, mine = z[:, None, :], False
-    kept = _hide(xp, z, hidden, mine)
-    new = xp.maximum(top, row_max(xp, kept))
-    shift = safe_shift(xp, new)
-    total = total * xp.exp(top - shift) + xp.sum(_exp(xp, kept, shift[..., None], mine), axis=-1)
-    return new, total
-
-
-def _masked_sum(xp: Namespace, mask: Any, x: Array) -> Array:
-    if mask is None:
-        return xp.zeros(x.shape[:-1], dtype=x.dtype, device=device(x))
-    return xp.sum(xp.where(mask, x, 0.0), axis=-1)
-
-
-def _count(xp: Namespace, mask: Any, z: Array) -> Array:
-    if mask is None:
-        return xp.zeros(z.shape[:-1], dtype=z.dtype, device=device(z))
-    return xp.astype(xp.count_nonzero(mask, axis=-1), z.dtype)
-
-
-def _or(a: Any, b: Any) -> Any:
-    return a if b is None else b if a is None else a | b
-
-
-def harden(xp: Namespace, p: Problem, z: Array, hard: Any) -> Array:
-    """The logits with hardness weighting: ``z + alpha * s`` on the hard cells, ``s = z / scale``
-    their similarity, held constant in the gradient. The gradient needs nothing else: the
-    responses are those of the weighted logits, and each logit's derivative in the
-    similarity (and in the scale) is the unweighted one's."""
-    return z if hard is None else xp.where(hard, z * p.hardness, z)
+    Hardness: ``z + alpha * s`` on the hard cells, ``s = z / scale`` their similarity, held
+    constant in the gradient. The gradient needs nothing else: the responses are those of the
+    weighted logits, and each logit's derivative in the similarity (and in the scale) is the
+    unweighted one's. The margin: ``z - m * scale`` on the positives, whose derivative in the
+    scale is ``s - m``: the engine adds ``-m`` times the positives' responses
+    (:func:`scale_rows`)."""
+    if hard is not None:
+        z = xp.where(hard, z * p.hardness, z)
+    if p.margin is not None and positive is not None:
+        z = xp.where(positive, z - p.margin[0], z)
+    return z
 
 
 def first_pass(
@@ -263,54 +242,42 @@ def first_pass(
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
     kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
     if ``mine``: see :func:`_hide`)."""
-    hidden, positive, part, hard = masks
-    z = harden(xp, p, z, hard)
-    top, total, zsum, count = stats
+    hidden, positive, part, hard, g = masks
+    z = adjust(xp, p, z, hard, positive)
+    top, total, zsum, count, *extra = stats
     if positive is not None:  # before z is written over
         zsum = zsum + _masked_sum(xp, positive, z)
         count = count + _count(xp, positive, z)
-        if p.positives != "supcon":
+        if p.positives != "supcon" and not _targets.soft(p):
             hidden = _or(hidden, positive)
+    if extra:
+        extra = list(_targets.update(xp, p, tuple(extra), z, hidden, g))
     if p.parts is not None and part is None:  # the own positives' column: hidden anyway
         part = 0
     if isinstance(part, int):  # a paired block: a part of its own
         part = xp.full((1, z.shape[-1]), part, dtype=xp.int32, device=device(z))
-    top, total = _lse_update(xp, top, total, z, hidden, mine, part)
-    return top, total, zsum, count
-
-
-def _sigmoid(xp: Namespace, x: Array) -> Array:
-    return 1.0 / (1.0 + xp.exp(-x))
+    top, total = _lse_update(xp, top, total, _targets.tilt(xp, p, z), hidden, mine, part)
+    return top, total, zsum, count, *extra
 
 
 def second_pass(
-    xp: Namespace, lse_negatives: Array, stats: tuple[Array, Array], z: Array, positive: Any
+    xp: Namespace, p: Problem, lse_negatives: Array, stats: Any, z: Array, masks: Any
 ) -> tuple[Array, Array]:
     """ "pairs": update ``(sum of the pair terms, sum of their sigmoids)`` with one tile
     (positives only: hardness never weighs them)."""
+    positive = masks[1]
     if positive is None:
-        return stats
+        return stats  # type: ignore[no-any-return]
+    z = adjust(xp, p, z, None, positive)
     gap = lse_negatives[:, None] - z
     terms = _masked_sum(xp, positive, _softplus(xp, gap))
     return stats[0] + terms, stats[1] + _masked_sum(xp, positive, _sigmoid(xp, gap))
 
 
-def _log(xp: Namespace, total: Array) -> Array:
-    """``log(total)`` of a shifted sum, 0 where the sum is empty (no warning, no -inf)."""
-    return xp.log(xp.where(total > 0, total, xp.ones_like(total)))
-
-
-def _lse(xp: Namespace, top: Array, total: Array, empty: float = 0.0) -> Array:
-    """``top + log(total)``; ``empty`` where nothing is kept (0: ``exp(-inf - lse)`` is 0)."""
-    return xp.where(total > 0, safe_shift(xp, top) + _log(xp, total), xp.full_like(total, empty))
-
-
-def _softplus(xp: Namespace, x: Array) -> Array:
-    return xp.logaddexp(xp.zeros_like(x), x)
-
-
 def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
     """ "own"/"supcon": the loss rows, the row's positive count and the residual statistics."""
+    if _targets.soft(p) or p.debias is not None:
+        return _targets.finish(xp, p, stats)
     top, total, zsum, count = stats
     has = count > 0
     if p.decoupled is not False:  # LSE(negatives) - w z_p, an empty block's LSE taken as 0
@@ -339,8 +306,10 @@ def response(
 ) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
     (written over ``z`` if ``mine``: see :func:`_hide`)."""
-    hidden, positive, part, hard = masks
-    z = harden(xp, p, z, hard)
+    hidden, positive, part, hard, g = masks
+    z = adjust(xp, p, z, hard, positive)
+    if _targets.soft(p) or p.debias is not None:
+        return _targets.response(xp, p, residual, z, hidden, positive, g, mine)
     if p.decoupled is not False:  # exp(z - LSE) on the negatives, -w at the positive
         lse, w = residual
         shift = _part_shift(xp, lse, part)
@@ -388,10 +357,6 @@ def _part_shift(xp: Namespace, lse: Array, part: Any) -> Array:
     return shift
 
 
-def zeros(xp: Namespace, n: int, like: Array) -> Array:
-    return xp.zeros((n,), dtype=like.dtype, device=device(like))
-
-
 def start(xp: Namespace, p: Problem, n: int, like: Array) -> tuple[Array, ...]:
     """The statistics of rows that have met no cell yet: the running maximum and sum (n, K)
     with a log-sum-exp per block (``p.parts``), else (n,); the positives' sum and count."""
@@ -400,7 +365,7 @@ def start(xp: Namespace, p: Problem, n: int, like: Array) -> tuple[Array, ...]:
     if p.parts is not None:
         k = len(p.parts) + (p.paired is not None)
         top = xp.zeros((n, k), dtype=like.dtype, device=device(like))
-    return top - xp.inf, xp.zeros_like(top), empty, empty
+    return top - xp.inf, xp.zeros_like(top), empty, empty, *_targets.start(xp, p, n, like)
 
 
 def finish(xp: Namespace, p: Problem, stats: Any, second: Any) -> Any:
@@ -408,10 +373,25 @@ def finish(xp: Namespace, p: Problem, stats: Any, second: Any) -> Any:
     ``second(lse_negatives, sums)`` to run its second pass over the tiles."""
     if p.positives != "pairs":
         return finish_rows(xp, p, stats)
-    top, total, _, count = stats
+    top, total, _, count, *_ = stats
     lse_negatives = _lse(xp, top, total, -xp.inf)
     sums = second(lse_negatives, (xp.zeros_like(total), xp.zeros_like(total)))
     return sums[0], count, (lse_negatives, sums[1])
+
+
+def scale_rows(xp: Namespace, p: Problem, r: Array, masks: Any) -> Any:
+    """A tile's part of each row's derivative in the scale beyond its logits': the margin's
+    ``-m`` times the tile's positives' responses ``r``; None without a margin."""
+    if p.margin is None or masks[1] is None:
+        return None
+    return _masked_sum(xp, masks[1], r) * -p.margin[1]
+
+
+def more_scale(xp: Namespace, saved: Saved, grad_rows: Array, grad_scale: Any) -> Any:
+    """The scale's gradient with the rows' derivatives beyond their logits' (``saved.extra``)."""
+    if grad_scale is None or saved.extra is None:
+        return grad_scale
+    return grad_scale + xp.sum(row_weights(xp, saved.count, grad_rows, 1.0) * saved.extra)
 
 
 def row_weights(xp: Namespace, count: Array, grad_rows: Array, scale: Any) -> Array:

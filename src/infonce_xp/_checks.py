@@ -61,8 +61,95 @@ def check_number(name: str, value: Any, *, positive: bool) -> None:
         raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
 
 
+def check_rows(self: Any, joints: Any, hardness_modes: Any, decoupled: Any) -> None:
+    """The options of how a row's cells are scored, of an ``Options`` (issue order: joint
+    directions, shared negatives, hardness, decoupling, targets)."""
+    joint = self.joint_directions
+    if isinstance(joint, str) or not isinstance(joint, (tuple, list)):
+        raise TypeError(f"joint_directions must be a tuple of {joints}; got {describe(joint)}")
+    if not set(joint) <= set(joints) or len(set(joint)) != len(joint):
+        raise ValueError(f"joint_directions must hold distinct names among {joints}; got {joint!r}")
+    object.__setattr__(self, "joint_directions", tuple(sorted(joint)))
+    if joint and self.symmetric:
+        raise ValueError(
+            "joint_directions joins the key's cells to its query's row; symmetric=True "
+            "gives each direction a row of its own: choose one"
+        )
+    if self.share_negatives and self.negative_mode != "paired":
+        raise ValueError(
+            "share_negatives shares each row's own negatives with every query: it needs "
+            f"negative_mode='paired'; got negative_mode={self.negative_mode!r}"
+        )
+    margin = self.guide_margin
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise TypeError(f"guide_margin must be None or a number; got {describe(margin)}")
+        check_number("guide_margin", abs(margin), positive=False)
+    check_choice("guide_strategy", self.guide_strategy, ("absolute", "relative"))
+    check_choice("hardness_mode", self.hardness_mode, hardness_modes)
+    check_number("hardness_strength", self.hardness_strength, positive=False)
+    check_choice("decoupled", self.decoupled, decoupled)
+    if self.decoupled_sigma is not None:
+        check_number("decoupled_sigma", self.decoupled_sigma, positive=True)
+        if self.decoupled is False:
+            raise ValueError(
+                "decoupled_sigma weights the positive term of the decoupled loss: it needs "
+                f"decoupled=True or 'blocks'; got decoupled={self.decoupled!r}"
+            )
+    if self.decoupled is not False and self.positives != "own":
+        raise ValueError(
+            "decoupled leaves each row's own positive out of its denominator: it needs "
+            f"positives='own'; got positives={self.positives!r}"
+        )
+    _check_targets(self)
+
+
+def _check_targets(self: Any) -> None:
+    """Soft targets, margin and the debiased estimator: values, and what they combine with."""
+    e = self.label_smoothing
+    if isinstance(e, bool) or not isinstance(e, (int, float)):
+        raise TypeError(f"label_smoothing must be a number in [0, 1); got {describe(e)}")
+    if not 0 <= e < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1); got {e!r}")
+    check_number("teacher_temperature", self.teacher_temperature, positive=True)
+    margin = self.margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a number; got {describe(margin)}")
+    check_number("margin", abs(margin), positive=False)
+    tau = self.debiased_prior
+    check_number("debiased_prior", tau, positive=False)
+    if tau >= 1:
+        raise ValueError(f"debiased_prior must be in [0, 1); got {tau!r}")
+    check_number("hardness_beta", self.hardness_beta, positive=False)
+    if e and self.positives == "pairs":
+        raise ValueError(
+            "label_smoothing spreads one target over a row: it cannot combine with "
+            "positives='pairs' (a loss per positive pair); got label_smoothing="
+            f"{e!r}"
+        )
+    if tau or self.hardness_beta:
+        debiased = f"debiased_prior={tau!r}, hardness_beta={self.hardness_beta!r}"
+        if self.positives != "own":
+            raise ValueError(
+                "the debiased estimator scores one positive per row: debiased_prior and "
+                f"hardness_beta need positives='own'; got positives={self.positives!r} with "
+                + debiased
+            )
+        if e or self.decoupled is not False:
+            raise ValueError(
+                "the debiased estimator replaces the negatives' sum of the one-hot loss: it "
+                "cannot combine with label_smoothing or decoupled; got "
+                f"{debiased}, label_smoothing={e!r}, decoupled={self.decoupled!r}"
+            )
+    if e and self.decoupled is not False:
+        raise ValueError(
+            "decoupled drops the positive from the denominator; it cannot combine with "
+            f"label_smoothing; got label_smoothing={e!r}, decoupled={self.decoupled!r}"
+        )
+
+
 # The options of the single-set (supervised) form, and the defaults it changes.
-SUPERVISED = ("positives", "normalize", "chunk_size", "gather")
+SUPERVISED = ("positives", "normalize", "chunk_size", "gather", "label_smoothing", "margin")
 SUPERVISED_DEFAULTS = {"positives": "supcon"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _blocks, _cells, _core
+from . import _blocks, _cells, _core, _rows, _targets
 from ._arrays import diagonal, fill_diagonal, fill_where, multiply_into, subtract_exp, subtract_into
 from ._cells import Problem, Saved
 from ._typing import Array, Namespace
@@ -28,16 +28,29 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         tiles.append(("paired", z, _cells.paired_cells(xp, p, z, p.labels, p.paired_labels, g)))
     if p.positive is not None:
         z = _blocks.logits(xp, "own", scaled, p.positive)
-        tiles.append(("own", z, _cells.own_cells(xp, z)))
+        g = _guide(xp, "own", p, p.guide_positive)
+        tiles.append(("own", z, _cells.own_cells(xp, p, z, g)))
     stats = _cells.start(xp, p, scaled.shape[0], scaled)
     for _, z, masks in tiles:
         stats = _cells.first_pass(xp, p, stats, z, masks)
     rows, count, residual = _cells.finish(
-        xp, p, stats, lambda lse, sums: _second(xp, tiles, lse, sums)
+        xp, p, stats, lambda lse, sums: _second(xp, p, tiles, lse, sums)
     )
     # the logits' last use: each response is written over its tile where the library can
-    r = {kind: _cells.response(xp, p, residual, z, masks, True) for kind, z, masks in tiles}
-    return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count)
+    r, extra = {}, None
+    for kind, z, masks in tiles:
+        r[kind] = _cells.response(xp, p, residual, z, masks, True)
+        if not isinstance(scale, (int, float)):
+            extra = _add(extra, _cells.scale_rows(xp, p, r[kind], masks))
+    if p.margin is not None or p.debias is not None:  # the plan keeps an array here
+        extra = _add(
+            _add(extra, _targets.scale_term(xp, p, residual)), _rows.zeros(xp, rows.shape[0], rows)
+        )
+    return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count, extra)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a if b is None else b if a is None else a + b
 
 
 def _guide(xp: Namespace, kind: str, p: Problem, block: Any) -> Any:
@@ -51,6 +64,8 @@ def _one_pass(p: Problem) -> bool:
     if p.paired is not None or p.positive is not None or p.shared.shape[0] == 0:
         return False
     if p.decoupled or p.hard is not None or p.unseen or p.threshold is not None:
+        return False
+    if p.margin is not None or p.debias is not None or _targets.soft(p):
         return False
     return p.positives == "supcon" or (p.positives == "own" and p.own is not None)
 
@@ -76,9 +91,9 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     z = _blocks.logits(xp, "shared", scaled, p.shared)
     same = _same_class(xp, p)
     n = z.shape[0]
-    count = _cells.zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
+    count = _rows.zeros(xp, n, z) + (0.0 if p.own is None else 1.0)
     own_logit = None if p.own is None else diagonal(xp, z, p.own)  # before z is written over
-    zsum = _cells.zeros(xp, n, z) if own_logit is None else own_logit
+    zsum = _rows.zeros(xp, n, z) if own_logit is None else own_logit
     if same is not None and p.positives == "own":
         z = fill_where(xp, z, same, -xp.inf)
     elif same is not None:  # as 0/1 logits, later the responses' share: in place
@@ -88,8 +103,8 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     for column in (p.hide, p.own if p.positives == "own" else None):
         if column is not None:  # after the sums: 0 * -inf is NaN
             z = fill_diagonal(xp, z, column, -xp.inf)
-    top = _cells.row_max(xp, z)
-    exps = subtract_exp(xp, z, _cells.safe_shift(xp, top)[:, None])
+    top = _rows.row_max(xp, z)
+    exps = subtract_exp(xp, z, _rows.safe_shift(xp, top)[:, None])
     total = xp.sum(exps, axis=-1)
     scale_rows = 1.0 / xp.where(total > 0, total, 1.0)
     if p.positives == "own":  # the negatives' sum: R is sigma exp(z - lseN), -sigma at the own
@@ -103,14 +118,14 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     if same is not None:
         responses = subtract_into(xp, responses, multiply_into(xp, same, share[:, None]))
     if own_logit is not None:  # exp(p - top) / total - 1 / count
-        own = xp.exp(own_logit - _cells.safe_shift(xp, top)) * scale_rows - share
+        own = xp.exp(own_logit - _rows.safe_shift(xp, top)) * scale_rows - share
         responses = fill_diagonal(xp, responses, p.own, own)
     return rows, Saved(responses, None, None, count)
 
 
-def _second(xp: Namespace, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
-    for _, z, (_, positive, _, _) in tiles:
-        sums = _cells.second_pass(xp, lse_negatives, sums, z, positive)
+def _second(xp: Namespace, p: Problem, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
+    for _, z, masks in tiles:
+        sums = _cells.second_pass(xp, p, lse_negatives, sums, z, masks)
     return sums
 
 
@@ -128,4 +143,5 @@ def backward(
             pulled = pulled + _blocks.pull(kind, r, block)
         grads.append(None if block is None else _blocks.push(kind, r, weighted))
     grad_anchor = pulled * weight[:, None]
-    return grad_anchor, tuple(grads), _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
+    grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
+    return grad_anchor, tuple(grads), _cells.more_scale(xp, saved, grad_rows, grad_scale)

@@ -26,7 +26,9 @@ GUIDE_OF = {
     name: "guide_" + name for name in (QUERY, KEY, NEGATIVES, ALL_QUERIES, ALL_KEYS, ALL_NEGATIVES)
 }
 GUIDE_NAMES = tuple(GUIDE_OF.values())
-CONSTANT_NAMES = LABEL_NAMES + GUIDE_NAMES  # the arrays that never get a gradient
+SAMPLE_WEIGHT = "sample_weight"  # (N,): each row's weight in the reduction
+DATA_NAMES = (*LABEL_NAMES, SAMPLE_WEIGHT)  # the arrays that are not embeddings
+CONSTANT_NAMES = DATA_NAMES + GUIDE_NAMES  # the arrays that never get a gradient
 
 
 class Config(NamedTuple):
@@ -49,6 +51,18 @@ class Config(NamedTuple):
     joint: tuple[str, ...] = ()  # the key-anchored directions joining each query's row
     guided: tuple[float, str, bool] | None = None  # false-negative masking: (margin,
     # strategy, whether by a guide's embeddings rather than the model's own similarity)
+    target: tuple[float, float | None] | None = None  # soft targets: (label smoothing, the
+    # teacher's scale or None: the guide arrays are then a teacher's), or None
+    margin: float = 0.0  # the additive margin on the positives' similarities
+    debias: tuple[float, float] | None = None  # (debiased_prior, hardness_beta), or None
+    weighted: bool = False  # sample weights are given
+
+    def cells(self, anchor: str) -> bool:
+        """Whether the rows anchored at ``anchor`` need the cells' rules (:mod:`._cells`)
+        rather than the one-positive kernel."""
+        hardened = self.hardness is not None and anchor == QUERY
+        rules = self.labelled or self.decoupled or self.guided or hardened or self.margin
+        return bool(rules or self.target is not None or self.debias is not None)
 
 
 class Direction(NamedTuple):
@@ -316,6 +330,13 @@ def problem(
         own_rows = units[d.own_positive() or ""]
         weight = vmf_weights(xp, units[d.anchor], own_rows, config.decoupled_sigma)
     guides = _guides(xp, config, d, units, scale) if config.guided is not None else {}
+    if config.target is not None and config.target[1] is not None:  # a teacher's arrays
+        got = _laid_out(xp, d, lambda name: units[GUIDE_OF[name]], positive_name)
+        guides = {"guide_anchor": got[0], "guide_shared": _concat(xp, got[1])}
+        guides |= {"guide_paired": got[2], "guide_positive": got[3]}
+    smoothing, teacher = config.target or (0.0, None)
+    margin = None if not config.margin else (config.margin * scale, config.margin)
+    debias = None if config.debias is None else (*config.debias, -scale)
     return Problem(
         anchor,
         shared,
@@ -336,6 +357,10 @@ def problem(
         hard,
         b.unseen,
         **guides,
+        smoothing=smoothing,
+        teacher=teacher,
+        margin=margin,
+        debias=debias,
     )
 
 

@@ -39,6 +39,18 @@ guide : tuple of arrays, optional
     A guide model's embeddings of the query, positive key (and negative) rows, in that
     order (keyword-only; needs ``guide_margin``): their cosine similarities choose the false
     negatives that ``guide_margin`` hides. They get no gradient; their width may differ.""",
+    "teacher": """\
+teacher : tuple of arrays, optional
+    A teacher model's embeddings of the query, positive key (and negative) rows, in that
+    order (keyword-only): each row's target becomes the softmax of the teacher's
+    similarities (over the row's kept candidates) divided by ``teacher_temperature``
+    (distillation). They get no gradient; their width may differ. Not with ``guide``.""",
+    "sample_weight": """\
+sample_weight : array, shape (N,), optional
+    Each row's weight >= 0 (keyword-only; no gradient): "none" gives ``w_i l_i``, "sum"
+    ``sum w_i l_i`` and "mean" ``sum w_i l_i / sum w_i`` (0 when the weights sum to 0).
+    Under ``symmetric``, row i's weight weighs query i's and key i's terms; under
+    ``gather``, each worker passes its own rows' weights.""",
     "grad_output": """\
 grad_output : array, optional
     The cotangent of the loss, of its shape (0-D, or (N,) with ``reduction="none"``).

@@ -17,8 +17,9 @@ from . import _cells, _core, _dense, _stacks, _tiled
 from ._arrays import Scan, as_array, device, traits
 from ._cells import Problem
 from ._directions import (
-    LABEL_NAMES,
+    DATA_NAMES,
     QUERY,
+    SAMPLE_WEIGHT,
     Config,
     Direction,
     directions,
@@ -111,18 +112,18 @@ class Plan:
         fusing = traits(xp).fusing()
         fused = fusing and not traits(xp).lazy
         routes = []
+        more = config.target is not None or config.debias is not None  # further statistics
+        extra = bool(config.margin) or config.debias is not None  # scale derivatives (dense)
         for d in directions(config):
-            hardened = config.hardness is not None and d.anchor == QUERY
-            cells = config.labelled or config.decoupled or config.guided or hardened
-            names = None if cells else d.one_positive()
+            names = None if config.cells(d.anchor) else d.one_positive()
             if names and (config.chunk_size is None or (empty and d.anchor == QUERY)):
                 kernel = "fused" if fused else "plain"
                 routes.append(Route(d, kernel, (True, True, True), names))
             elif config.chunk_size is None:
-                kept = (bool(d.shared), d.paired is not None, d.positive is not None, True)
+                kept = (bool(d.shared), d.paired is not None, d.positive is not None, True, extra)
                 routes.append(Route(d, "cells", kept))
             else:
-                routes.append(Route(d, "tiled", (True, True, False, True)))
+                routes.append(Route(d, "tiled", (True, True, more, True, False)))
         self.routes = tuple(routes)
         self._kept = sum(sum(route.kept) for route in routes)  # arrays the routes keep
         self._plain_only = all(route.kernel in _PLAIN for route in routes)
@@ -178,7 +179,11 @@ class Plan:
             saved.append(kept)
         if len(saved) > 1:
             rows = rows / len(saved)
-        loss = self._reduce(xp, rows, self._counts(xp, saved))
+        counts = self._counts(xp, saved)
+        weights = self._weights(xp, arrays, rows)
+        if weights is not None:
+            rows, counts = rows * weights, weights if counts is None else counts * weights
+        loss = self._reduce(xp, rows, counts)
         split = units if stacks is not None else None
         return loss, Residuals(arrays, stacks, lengths, tuple(saved), split)
 
@@ -212,6 +217,11 @@ class Plan:
         return counts  # type: ignore[no-any-return]
 
     # The reduction ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _weights(xp: Namespace, arrays: dict[str, Array], like: Array) -> Array | None:
+        """The rows' sample weights in the compute dtype, or None."""
+        return None if (w := arrays.get(SAMPLE_WEIGHT)) is None else _narrow(xp, w, like.dtype)
 
     def _reduce(self, xp: Namespace, rows: Array, counts: Array | None) -> Array:
         """The reduction in the compute dtype, then the output dtype. A mean weighs each row by
@@ -267,8 +277,13 @@ class Plan:
         anchor = units[QUERY]
         scale = scale_of(xp, temperature, anchor.dtype)
         counts = self._counts(xp, list(residuals.saved))
+        weights = self._weights(xp, residuals.inputs, anchor)
+        if weights is not None:
+            counts = weights if counts is None else counts * weights
         n = anchor.shape[0]
         grad_rows = self._grad_rows(xp, grad, n, counts, anchor)
+        if weights is not None:
+            grad_rows = grad_rows * weights
         step = _Step(xp, units, residuals.inputs, scale, offset, scan)
         grads: dict[str, Array] = {}
         grad_scale = None
@@ -383,7 +398,7 @@ class Plan:
 def _float_names(arrays: dict[str, Array]) -> list[str]:
     """The floating arrays' names in the order of the stacked units (sorted: the same after a
     pytree, as JAX sorts a dict's keys)."""
-    return [k for k in sorted(arrays) if k not in LABEL_NAMES]
+    return [k for k in sorted(arrays) if k not in DATA_NAMES]
 
 
 def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:

@@ -34,6 +34,8 @@ def info_nce(
     labels: Array | None = None,
     negative_labels: Array | None = None,
     guide: tuple[Array, ...] | None = None,
+    teacher: tuple[Array, ...] | None = None,
+    sample_weight: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
 ) -> Array:
@@ -54,6 +56,8 @@ def info_nce(
     %(options)s
     %(labels_both)s
     %(guide)s
+    %(teacher)s
+    %(sample_weight)s
     %(xp)s
 
     Returns
@@ -93,7 +97,16 @@ def info_nce(
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     return evaluate(
         check_call(
-            opts, query, positive_key, negative_keys, labels, negative_labels, xp=xp, guide=guide
+            opts,
+            query,
+            positive_key,
+            negative_keys,
+            labels,
+            negative_labels,
+            xp=xp,
+            guide=guide,
+            teacher=teacher,
+            sample_weight=sample_weight,
         )
     )
 
@@ -110,6 +123,8 @@ def info_nce_value_and_grad(
     labels: Array | None = None,
     negative_labels: Array | None = None,
     guide: tuple[Array, ...] | None = None,
+    teacher: tuple[Array, ...] | None = None,
+    sample_weight: Array | None = None,
     grad_output: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
@@ -128,6 +143,8 @@ def info_nce_value_and_grad(
     %(options)s
     %(labels_both)s
     %(guide)s
+    %(teacher)s
+    %(sample_weight)s
     %(grad_output)s
     %(xp)s
 
@@ -152,7 +169,9 @@ def info_nce_value_and_grad(
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     arrays = (query, positive_key, negative_keys, labels, negative_labels)
-    call = check_call(opts, *arrays, xp=xp, guide=guide)
+    call = check_call(
+        opts, *arrays, xp=xp, guide=guide, teacher=teacher, sample_weight=sample_weight
+    )
     if grad_output is not None:
         n: int = call.arrays["query"].shape[0]
         check_grad_output(call, grad_output, (n,) if opts.reduction == "none" else ())
@@ -208,9 +227,12 @@ class InfoNCE:
         labels: Array | None = None,
         negative_labels: Array | None = None,
         guide: tuple[Array, ...] | None = None,
+        teacher: tuple[Array, ...] | None = None,
+        sample_weight: Array | None = None,
     ) -> Array:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        return evaluate(check_call(self.options, *arrays, guide=guide))
+        more = {"guide": guide, "teacher": teacher, "sample_weight": sample_weight}
+        return evaluate(check_call(self.options, *arrays, **more))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"
@@ -225,6 +247,7 @@ def supervised_info_nce(
     *,
     references: Array | None = None,
     reference_labels: Array | None = None,
+    sample_weight: Array | None = None,
     xp: Namespace | None = None,
     **options: Any,
 ) -> Array:
@@ -258,6 +281,7 @@ def supervised_info_nce(
         ``gather``, every worker's).
     reference_labels : array of int, shape (M,), optional
         The class ids of ``references`` (needed with them).
+    %(sample_weight)s
     %(xp)s
 
     Returns
@@ -287,6 +311,7 @@ def supervised_info_nce(
             negative_labels=reference_labels,
             xp=xp,
             supervised=True,
+            sample_weight=sample_weight,
         )
     )
 
@@ -334,6 +359,7 @@ class SupervisedInfoNCE:
         *,
         references: Array | None = None,
         reference_labels: Array | None = None,
+        sample_weight: Array | None = None,
     ) -> Array:
         call = check_call(
             self.options,
@@ -342,6 +368,7 @@ class SupervisedInfoNCE:
             labels=labels,
             negative_labels=reference_labels,
             supervised=True,
+            sample_weight=sample_weight,
         )
         return evaluate(call)
 

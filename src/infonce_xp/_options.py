@@ -14,7 +14,7 @@ from dataclasses import field
 from typing import Any
 
 from ._arrays import is_array_api_obj
-from ._checks import check_choice, check_flag, check_number, check_temperature, describe
+from ._checks import check_choice, check_flag, check_rows, check_temperature, describe
 from ._namespaces import is_numpy_value
 from ._typing import Array, Gather, NegativeMode, Positives, Reduction
 
@@ -224,6 +224,57 @@ decoupled_sigma : float, optional
     the gradient. None (the default): ``w_i = 1``."""
         ),
     )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata=_about(
+            """
+label_smoothing : float, default 0.0
+    Label smoothing ``0 <= e < 1``: each row's target puts ``1 - e`` on its positive (spread
+    evenly over its positives with ``positives="supcon"``) and ``e / K_i`` on each of its
+    ``K_i`` kept candidates, as ``torch.nn.functional.cross_entropy(label_smoothing=e)``
+    over the row's candidates. Not with ``positives="pairs"``."""
+        ),
+    )
+    teacher_temperature: float = field(
+        default=1.0,
+        metadata=_about(
+            """
+teacher_temperature : float, default 1.0
+    With ``teacher=`` embeddings at the call (distillation): each row's target is the
+    softmax of the teacher's similarities over the row's kept candidates, divided by this
+    temperature (> 0); with ``label_smoothing``, ``(1 - e) y + e / K_i``."""
+        ),
+    )
+    margin: float = field(
+        default=0.0,
+        metadata=_about(
+            """
+margin : float, default 0.0
+    Additive margin (AM-softmax, LaBSE): every positive's logit becomes
+    ``(s - margin) / temperature``, in both directions with ``symmetric``."""
+        ),
+    )
+    debiased_prior: float = field(
+        default=0.0,
+        metadata=_about(
+            """
+debiased_prior : float, default 0.0
+    The class prior ``tau+`` in [0, 1) of the debiased contrastive loss (Chuang et al.
+    2020): the negatives' sum is replaced by its debiased estimate, at least
+    ``Q e^{-1/t}`` for ``Q`` negatives. With ``positives="own"`` only; computed in log
+    space. 0 with ``hardness_beta=0``: the plain loss."""
+        ),
+    )
+    hardness_beta: float = field(
+        default=0.0,
+        metadata=_about(
+            """
+hardness_beta : float, default 0.0
+    Hard-negative reweighting ``beta >= 0`` (Robinson et al. 2021, HCL): the negatives
+    of the debiased estimate weigh ``Q softmax(beta z)``, their weights' gradient
+    included. With ``positives="own"`` only."""
+        ),
+    )
     gather: Gather | None = field(
         default=None,
         metadata=_about(
@@ -260,7 +311,7 @@ gather : callable, optional
             if size < 1:
                 raise ValueError(f"chunk_size must be an int of at least 1; got {size!r}")
             object.__setattr__(self, "chunk_size", size)
-        self._check_rows()
+        check_rows(self, JOINT, HARDNESS_MODES, DECOUPLED)
         if self.gather is not None and not callable(self.gather):
             raise TypeError(f"gather must be None or a callable; got {describe(self.gather)}")
         if self.gather is not None and not isinstance(self.gather, Gather):
@@ -268,49 +319,6 @@ gather : callable, optional
                 "gather must also have a rank() method giving this worker's block index, as "
                 "infonce_xp.torch.all_gather and infonce_xp.jax.all_gather do; "
                 f"got {describe(self.gather)}"
-            )
-
-    def _check_rows(self) -> None:
-        """The options of how a row's cells are scored (issue order: joint directions, shared
-        negatives, hardness, decoupling)."""
-        joint = self.joint_directions
-        if isinstance(joint, str) or not isinstance(joint, (tuple, list)):
-            raise TypeError(f"joint_directions must be a tuple of {JOINT}; got {describe(joint)}")
-        if not set(joint) <= set(JOINT) or len(set(joint)) != len(joint):
-            raise ValueError(
-                f"joint_directions must hold distinct names among {JOINT}; got {joint!r}"
-            )
-        object.__setattr__(self, "joint_directions", tuple(sorted(joint)))
-        if joint and self.symmetric:
-            raise ValueError(
-                "joint_directions joins the key's cells to its query's row; symmetric=True "
-                "gives each direction a row of its own: choose one"
-            )
-        if self.share_negatives and self.negative_mode != "paired":
-            raise ValueError(
-                "share_negatives shares each row's own negatives with every query: it needs "
-                f"negative_mode='paired'; got negative_mode={self.negative_mode!r}"
-            )
-        margin = self.guide_margin
-        if margin is not None:
-            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-                raise TypeError(f"guide_margin must be None or a number; got {describe(margin)}")
-            check_number("guide_margin", abs(margin), positive=False)
-        check_choice("guide_strategy", self.guide_strategy, ("absolute", "relative"))
-        check_choice("hardness_mode", self.hardness_mode, HARDNESS_MODES)
-        check_number("hardness_strength", self.hardness_strength, positive=False)
-        check_choice("decoupled", self.decoupled, DECOUPLED)
-        if self.decoupled_sigma is not None:
-            check_number("decoupled_sigma", self.decoupled_sigma, positive=True)
-            if self.decoupled is False:
-                raise ValueError(
-                    "decoupled_sigma weights the positive term of the decoupled loss: it needs "
-                    f"decoupled=True or 'blocks'; got decoupled={self.decoupled!r}"
-                )
-        if self.decoupled is not False and self.positives != "own":
-            raise ValueError(
-                "decoupled leaves each row's own positive out of its denominator: it needs "
-                f"positives='own'; got positives={self.positives!r}"
             )
 
     @classmethod

@@ -29,10 +29,13 @@ from ._cells import (
     paired_cells,
     response,
     row_weights,
+    scale_rows,
     second_pass,
     shared_cells,
     start,
 )
+from ._rows import zeros
+from ._targets import scale_term
 from ._typing import Array, Namespace
 
 
@@ -117,6 +120,7 @@ _ROW_FIELDS = (
     "weight",
     "guide_anchor",
     "guide_paired",
+    "guide_positive",
     "threshold",
 )
 
@@ -180,7 +184,10 @@ def _own_tiles(xp: Namespace, p_i: Problem, scaled_i: Array) -> list[Any]:
         out.append(("paired", p_i.paired, z, masks))
     if p_i.positive is not None:
         z = logits(xp, "own", scaled_i, p_i.positive)
-        out.append(("own", p_i.positive, z, own_cells(xp, z)))
+        g = None
+        if p_i.guide_positive is not None:
+            g = logits(xp, "own", p_i.guide_anchor, p_i.guide_positive)
+        out.append(("own", p_i.positive, z, own_cells(xp, p_i, z, g)))
     return out
 
 
@@ -239,7 +246,7 @@ def forward(
 
         def second(lse_negatives: Array, sums: Any) -> Any:
             def visit(c: Any, z: Array, masks: Any) -> Any:
-                return second_pass(xp, lse_negatives, c, z, masks[1])
+                return second_pass(xp, p_i, lse_negatives, c, z, masks)
 
             return each_tile(rows, visit, sums)
 
@@ -248,8 +255,9 @@ def forward(
         return None, (out, count, *residual)
 
     _, out = scan(row_block, None, _row_blocks(xp, p, p.anchor * scale, chunk))
-    rows, count, first_stat, second_stat = (unblock(xp, x, n) for x in out)
-    return rows, Saved(first_stat, second_stat, None, count)
+    rows, count, first, second, *more = (unblock(xp, x, n) for x in out)
+    # statistics beyond two (soft targets, the debiased estimator) as the columns of one array
+    return rows, Saved(first, second, xp.stack(more, axis=-1) if more else None, count)
 
 
 def backward(
@@ -269,37 +277,51 @@ def backward(
     grad_keys = xp.zeros_like(key_blocks[0]) if key_blocks is not None else None
     writes = grad_keys is not None and in_place(xp, grad_keys, scaled, weight)
 
+    # each row's derivative in the scale beyond its logits' (margin, debiased clamp): summed
+    # over its tiles' responses, with the row's gradient
+    extra = not isinstance(scale, (int, float)) and (
+        p.margin is not None or saved.positive is not None
+    )
+    stats = [x for x in (saved.shared, saved.paired, saved.positive) if x is not None]
+
     def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
         scaled_i, row0, p_i, (anchor_i, weight_i, *residual) = _unpack(p, x)
+        if len(residual) > 2:  # the columns of the further statistics
+            residual = residual[:2] + [residual[2][:, j] for j in range(residual[2].shape[-1])]
         weighted_i = anchor_i * weight_i[:, None]
         pulled = xp.zeros_like(anchor_i)
+        more = scale_term(xp, p_i, tuple(residual)) if extra else None
+        more = zeros(xp, anchor_i.shape[0], anchor_i) if more is None else more
         if key_blocks is not None:
 
-            def key_block(pulled: Array, key: tuple[Any, ...]) -> Any:
+            def key_block(c: Any, key: tuple[Any, ...]) -> Any:
                 keys, z, masks = _key_tile(xp, p_i, scaled_i, row0, key)
                 r = response(xp, p_i, tuple(residual), z, masks, mine=True)
-                return pulled + r @ keys, (r.T @ weighted_i,)
+                d = scale_rows(xp, p_i, r, masks) if extra else None
+                return (c[0] + r @ keys, c[1] if d is None else c[1] + d), (r.T @ weighted_i,)
 
-            pulled, (grad_keys,) = collect(
-                xp, scan, key_block, pulled, key_blocks, (grad_keys,), writes
+            (pulled, more), (grad_keys,) = collect(
+                xp, scan, key_block, (pulled, more), key_blocks, (grad_keys,), writes
             )
         outs = []
         for kind, block, z, masks in _own_tiles(xp, p_i, scaled_i):
             r = response(xp, p_i, tuple(residual), z, masks, mine=True)
+            d = scale_rows(xp, p_i, r, masks) if extra else None
+            more = more if d is None else more + d
             pulled = pulled + pull(kind, r, block)
             outs.append(push(kind, r, weighted_i))
-        return grad_keys, (pulled * weight_i[:, None], *outs)
+        return grad_keys, (pulled * weight_i[:, None], more * weight_i, *outs)
 
-    xs = _row_blocks(xp, p, scaled, chunk, p.anchor, weight, saved.shared, saved.paired)
+    xs = _row_blocks(xp, p, scaled, chunk, p.anchor, weight, *stats)
     into: tuple[Array, ...] | None = None
     if writes:  # the row blocks' gradients written into their place as they come
         into = tuple(
             xp.zeros_like(blocks(xp, x, chunk))
-            for x in (p.anchor, p.paired, p.positive)
+            for x in (p.anchor, weight, p.paired, p.positive)
             if x is not None
         )
     grad_keys, outs = collect(xp, scan, row_block, grad_keys, xs, into, writes)
-    grad_anchor, *rest = (unblock(xp, g, n) for g in outs)
+    grad_anchor, more, *rest = (unblock(xp, g, n) for g in outs)
     grad_shared = None
     if p.shared is not None:
         grad_shared = (
@@ -310,4 +332,6 @@ def backward(
     grad_paired = rest.pop(0) if p.paired is not None else None
     grad_positive = rest.pop(0) if p.positive is not None else None
     grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
+    if extra and grad_scale is not None:  # ``more`` holds scale * grad * derivative per row
+        grad_scale = grad_scale + xp.sum(more) / scale
     return grad_anchor, (grad_shared, grad_paired, grad_positive), grad_scale

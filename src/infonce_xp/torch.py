@@ -159,9 +159,12 @@ class InfoNCE(_Loss):
         labels: torch.Tensor | None = None,
         negative_labels: torch.Tensor | None = None,
         guide: tuple[torch.Tensor, ...] | None = None,
+        teacher: tuple[torch.Tensor, ...] | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        call = check_call(self.options, *arrays, temperature=self._learned(), guide=guide)
+        more = {"guide": guide, "teacher": teacher, "sample_weight": sample_weight}
+        call = check_call(self.options, *arrays, temperature=self._learned(), **more)
         loss: torch.Tensor = evaluate(call)
         return loss
 
@@ -219,6 +222,7 @@ class SupervisedInfoNCE(_Loss):
         *,
         references: torch.Tensor | None = None,
         reference_labels: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         call = check_call(
             self.options,
@@ -228,6 +232,7 @@ class SupervisedInfoNCE(_Loss):
             negative_labels=reference_labels,
             temperature=self._learned(),
             supervised=True,
+            sample_weight=sample_weight,
         )
         loss: torch.Tensor = evaluate(call)
         return loss

@@ -1,0 +1,210 @@
+"""Rows scored against targets other than the one-hot positive, and the debiased estimator of
+a row's negatives: the statistics each keeps tile by tile, its rows and its responses. The
+rules of :mod:`._cells` call these where a :class:`._cells.Problem` asks for them.
+
+*Soft targets* (``label_smoothing`` e, a teacher): the row's log-sum-exp runs over all its
+kept cells ``C_i`` (``K_i`` of them), the positives among them, and
+
+    l_i = LSE_i - sum_c t_ic z_ic,    t_ic = (1 - e) b_ic + e / K_i,
+
+with ``b_ic = [c in P_i] / |P_i|``, or a teacher's ``softmax_{C_i}(g_i)``, ``g`` its logits.
+Kept: the sum of the kept logits and ``K_i``; with a teacher, its online log-sum-exp and the sum
+of ``exp(g - max) z``. Computed as ``log S_i + (m_i - sum t z)`` (``m_i`` the row maximum, ``S_i``
+the shifted sum), as "supcon" is. The response is ``exp(z - LSE_i) - t`` on the kept cells.
+
+*Debiased* (Chuang et al. 2020; ``tau``) with *hard-negative reweighting* (Robinson et al. 2021;
+``beta``), one positive ``p`` per row and ``Q_i`` negatives, in log space:
+``log S_i = log Q_i + A_i - B_i`` with ``A_i = LSE((1 + beta) z_N)`` (the row's running
+log-sum-exp, over its negatives' tilted logits) and ``B_i = LSE(beta z_N)``;
+``L_i = max(log(S_i - tau Q_i e^{z_p}) - log(1 - tau), log Q_i - scale)`` and
+``l_i = softplus(L_i - z_p)``. Clamped rows (the second term) have no gradient through the
+negatives; the clamp's ``-scale`` gives the scale a gradient of its own (:func:`scale_term`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._rows import (
+    count,
+    either,
+    exp_of,
+    hide,
+    log_of,
+    lse,
+    lse_update,
+    masked_sum,
+    row_max,
+    safe_shift,
+    sigmoid,
+    softplus,
+    zeros,
+)
+from ._typing import Array, Namespace
+
+
+def soft(p: Any) -> bool:
+    """Whether the rows of ``p`` have soft targets (their log-sum-exp then keeps positives)."""
+    return bool(p.smoothing) or p.teacher is not None
+
+
+def start(xp: Namespace, p: Any, n: int, like: Array) -> tuple[Array, ...]:
+    """The statistics beyond the row's log-sum-exp, positives' sum and count, of rows that have
+    met no cell: soft targets' kept sum and count (and a teacher's maximum, sum and weighted
+    logits), or the debiased estimator's ``B`` (maximum, sum) and negatives' count."""
+    empty = zeros(xp, n, like)
+    if soft(p):
+        return (empty, empty) + (() if p.teacher is None else (empty - xp.inf, empty, empty))
+    if p.debias is not None:
+        return (empty - xp.inf, empty, empty) if p.debias[1] else (empty,)
+    return ()
+
+
+def tilt(xp: Namespace, p: Any, z: Array) -> Array:
+    """The logits that the row's running log-sum-exp sums: ``(1 + beta) z`` when debiased."""
+    if p.debias is None or not p.debias[1]:
+        return z
+    return z * (1.0 + p.debias[1])
+
+
+def update(
+    xp: Namespace, p: Any, extra: tuple[Array, ...], z: Array, hidden: Any, g: Any
+) -> tuple[Array, ...]:
+    """:func:`start`'s statistics updated with a tile of logits ``z`` (before it is written
+    over), its hidden cells (with the positives for the debiased rows: those count negatives)
+    and the teacher's logits ``g`` (or None)."""
+    kept = None if hidden is None else ~hidden
+    n_kept = count(xp, kept, z) if kept is not None else zeros(xp, z.shape[0], z) + z.shape[-1]
+    if p.debias is not None:
+        if not p.debias[1]:
+            return (extra[0] + n_kept,)
+        top, total = lse_update(xp, extra[0], extra[1], z * p.debias[1], hidden, False)
+        return top, total, extra[2] + n_kept
+    z_kept = xp.sum(z, axis=-1) if kept is None else masked_sum(xp, kept, z)
+    out = (extra[0] + z_kept, extra[1] + n_kept)
+    if p.teacher is None:
+        return out
+    top, total, weighted = extra[2:]
+    g = hide(xp, g, hidden, False)
+    new = xp.maximum(top, row_max(xp, g))
+    shift = safe_shift(xp, new)
+    e = xp.exp(g - shift[:, None])
+    rescale = xp.exp(top - shift)
+    z = z if hidden is None else xp.where(hidden, 0.0, z)
+    return (
+        *out,
+        new,
+        total * rescale + xp.sum(e, axis=-1),
+        weighted * rescale + xp.sum(e * z, axis=-1),
+    )
+
+
+def finish(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
+    """The loss rows, the positive counts and the residual statistics of :func:`response`."""
+    top, total, zsum, n_pos, *extra = stats
+    has = n_pos > 0
+    if p.debias is not None:
+        return _debiased(xp, p, stats)
+    e = float(p.smoothing)
+    kall = extra[1]
+    if p.teacher is None:
+        aim = zsum / xp.where(has, n_pos, xp.ones_like(n_pos))
+        more: tuple[Array, ...] = (n_pos,)
+    else:
+        aim = extra[4] / xp.where(extra[3] > 0, extra[3], xp.ones_like(extra[3]))
+        more = (lse(xp, extra[2], extra[3]),)
+    if e:
+        aim = (1.0 - e) * aim + e * extra[0] / xp.where(kall > 0, kall, xp.ones_like(kall))
+    rows = log_of(xp, total) + (safe_shift(xp, top) - aim)
+    rows = xp.where(has, rows, xp.zeros_like(rows))
+    return rows, n_pos, (lse(xp, top, total), kall, *more)
+
+
+def response(
+    xp: Namespace,
+    p: Any,
+    residual: tuple[Array, ...],
+    z: Array,
+    hidden: Any,
+    positive: Any,
+    g: Any,
+    mine: bool,
+) -> Array:
+    """One tile of ``dl_i / dz_ij`` from :func:`finish`'s residual (see the module docstring);
+    ``z`` with its margin and hardness, written over if ``mine``."""
+    if p.debias is not None:
+        return _debiased_response(xp, p, residual, z, hidden, positive, mine)
+    row_lse, kall, more = residual
+    e = float(p.smoothing)
+    if p.teacher is not None:  # (1 - e) softmax(g) on the kept cells
+        aim = xp.exp(hide(xp, g, hidden, False) - safe_shift(xp, more)[:, None]) * (1.0 - e)
+    else:
+        share = (1.0 - e) / xp.where(more > 0, more, xp.ones_like(more))
+        aim = xp.zeros_like(z) if positive is None else xp.where(positive, share[:, None], 0.0)
+    if e:
+        aim = aim + e / xp.where(kall > 0, kall, xp.ones_like(kall))[:, None]
+        aim = aim if hidden is None else xp.where(hidden, 0.0, aim)
+    out = exp_of(xp, hide(xp, z, hidden, mine), safe_shift(xp, row_lse)[:, None], mine)
+    return out - aim
+
+
+def _debiased(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
+    top, total, z_p, n_pos, *extra = stats
+    tau, beta, floor = p.debias
+    q = extra[-1]
+    has = (n_pos > 0) & (q > 0)
+    log_q = log_of(xp, q)
+    log_s = log_q + lse(xp, top, total) - (lse(xp, extra[0], extra[1]) if beta else log_q)
+    raw = log_s
+    if tau:  # log(S - tau Q e^{z_p}): log S + log(1 - e^x), x = log(tau Q e^{z_p} / S) < 0
+        x = math.log(tau) + log_q + z_p - log_s
+        below = x < 0  # elsewhere the clamp binds
+        x = xp.where(below, x, xp.full_like(x, -1.0))
+        log1m = xp.where(x > -math.log(2), xp.log(-xp.expm1(x)), xp.log1p(-xp.exp(x)))
+        raw = xp.where(below, log_s + log1m, xp.full_like(x, -xp.inf)) - math.log1p(-tau)
+    bound = log_q + floor  # log(Q e^{-1/t})
+    clamped = ~(raw > bound) | ~has
+    log_ng = xp.where(clamped, bound, raw)
+    gap = log_ng - z_p
+    rows = xp.where(has, softplus(xp, gap), xp.zeros_like(gap))
+    sigma = xp.where(has, sigmoid(xp, gap), xp.zeros_like(gap))
+    free = xp.where(clamped, xp.zeros_like(gap), sigma)  # sigma where not clamped
+    # dl/dA-side: sigma S / ((1 - tau) Ng) on each negative's share; at the positive, -sigma,
+    # less sigma tau Q e^{z_p} / ((1 - tau) Ng) where not clamped
+    c1 = free * xp.exp(xp.where(clamped, xp.zeros_like(gap), log_s - log_ng) - math.log1p(-tau))
+    pull = -sigma
+    if tau:
+        part = math.log(tau) + log_q + z_p - math.log1p(-tau) - log_ng
+        pull = pull - free * xp.exp(xp.where(clamped, xp.zeros_like(gap), part))
+    b = lse(xp, extra[0], extra[1]) if beta else log_q
+    scale_term = xp.where(clamped & has, -sigma, xp.zeros_like(gap))
+    return rows, n_pos, (lse(xp, top, total), b, c1, pull, scale_term)
+
+
+def _debiased_response(
+    xp: Namespace,
+    p: Any,
+    residual: tuple[Array, ...],
+    z: Array,
+    hidden: Any,
+    positive: Any,
+    mine: bool,
+) -> Array:
+    a, b, c1, pull, _ = residual
+    beta = p.debias[1]
+    negatives = either(hidden, positive)
+    if beta:
+        tilted = xp.exp(hide(xp, z * (1.0 + beta), negatives, False) - safe_shift(xp, a)[:, None])
+        out = (1.0 + beta) * tilted - beta * xp.exp(
+            hide(xp, z * beta, negatives, False) - b[:, None]
+        )
+    else:
+        out = exp_of(xp, hide(xp, z, negatives, mine), safe_shift(xp, a)[:, None], mine)
+    out = out * c1[:, None]
+    return out if positive is None else out + xp.where(positive, pull[:, None], 0.0)
+
+
+def scale_term(xp: Namespace, p: Any, residual: tuple[Array, ...]) -> Any:
+    """Each row's derivative in the scale beyond its logits' (the debiased clamp's), or None."""
+    return residual[-1] if p.debias is not None else None
