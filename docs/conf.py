@@ -56,6 +56,7 @@ GENERATED = DOCS / "_generated"
 GENERATED.mkdir(exist_ok=True)
 figures.main(GENERATED / "negatives.png")
 figures.recipes(GENERATED / "recipes.png")
+figures.targets(GENERATED / "targets.png")
 loss_graph.main(GENERATED / "loss_graph.png")
 
 

@@ -1,7 +1,8 @@
-"""Draw which (query, key) pairs are positives and negatives: the negative modes and the recipes.
+"""Draw which (query, key) pairs are positives and negatives (the negative modes and the
+recipes), and how the soft-target options reshape one row's targets.
 
-Run by ``conf.py`` at build time; ``python docs/figures.py OUT.png [RECIPES.png]`` draws them by
-hand.
+Run by ``conf.py`` at build time; ``python docs/figures.py OUT.png [RECIPES.png [TARGETS.png]]``
+draws them by hand.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -145,6 +147,80 @@ def recipes(out: Path) -> None:
     plt.close(fig)
 
 
+# One row of the targets figure: the teacher's cosines with the row's 8 candidates, k_1 its own
+# positive and k_2 a near-duplicate of it (a false negative to a one-hot target).
+TEACHER_COSINES = np.array([0.80, 0.72, 0.45, 0.30, 0.20, 0.10, 0.05, -0.10])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def row_targets() -> dict[str, np.ndarray]:
+    """The target distribution of the row over its candidates, for each option (the formulas of
+    the recipes page, in NumPy)."""
+    k = len(TEACHER_COSINES)
+    one_hot = np.eye(k)[0]
+    return {
+        "one-hot (default)": one_hot,
+        "label_smoothing=0.1": 0.9 * one_hot + 0.1 / k,
+        "teacher, teacher_temperature=0.05": softmax(TEACHER_COSINES / 0.05),
+        "teacher, teacher_temperature=0.2": softmax(TEACHER_COSINES / 0.2),
+    }
+
+
+def hardness_weights(logits: np.ndarray, beta: float) -> np.ndarray:
+    """HCL's weights of a row's negatives: w_j = Q softmax_j(beta z_j), mean 1."""
+    return len(logits) * softmax(beta * logits)
+
+
+def targets(out: Path) -> None:
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 4), layout="constrained", width_ratios=[3, 2]
+    )
+    series = row_targets()
+    k = len(TEACHER_COSINES)
+    width = 0.8 / len(series)
+    colors = [POSITIVE, "#81b29a", "#3d5a80", "#98c1d9"]
+    for n, ((name, target), color) in enumerate(zip(series.items(), colors, strict=True)):
+        left.bar(np.arange(k) + (n - 1.5) * width, target, width, label=name, color=color)
+    left.set_xticks(np.arange(k), [f"$k_{j}$" for j in range(1, k + 1)])
+    left.set_ylabel("target probability $y_{ic}$")
+    left.set_ylim(0, 1.05)
+    left.set_title("One row's target over its 8 candidates", fontsize=11)
+    cosines = ", ".join(f"{c:g}" for c in TEACHER_COSINES)
+    left.set_xlabel(
+        f"$k_1$: the positive, $k_2$: a near-duplicate of it; teacher cosines {cosines}",
+        fontsize=9,
+    )
+    left.legend(frameon=False, fontsize=9)
+    for side in ("top", "right"):
+        left.spines[side].set_visible(False)
+
+    t = 0.2
+    logits = np.linspace(-0.3, 0.5, 12) / t  # the row's Q = 12 negatives, cosines -0.3 ... 0.5
+    for beta, color in zip((0.0, 1.0, 2.0), (IGNORED, "#e07a5f", "#9b2226"), strict=True):
+        right.plot(
+            logits,
+            hardness_weights(logits, beta),
+            "o-",
+            color=color,
+            markersize=4,
+            label=f"hardness_beta={beta:g}",
+        )
+    right.set_yscale("log")
+    right.set_xlabel(f"negative's logit $z_{{ij}} = s_{{ij}}/t$ (t = {t:g}, Q = 12)")
+    right.set_ylabel("weight $w_j$ (mean 1)")
+    right.set_title("HCL weights $w_j = Q\\,\\mathrm{softmax}_j(\\beta z_{ij})$", fontsize=11)
+    right.legend(frameon=False, fontsize=9)
+    for side in ("top", "right"):
+        right.spines[side].set_visible(False)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "negatives.png"))
     recipes(Path(sys.argv[2] if len(sys.argv) > 2 else "recipes.png"))
+    targets(Path(sys.argv[3] if len(sys.argv) > 3 else "targets.png"))

@@ -32,7 +32,9 @@ import numpy as np
 ROWS, DIM, UNPAIRED, PAIRED = 5, 8, 3, 4  # per worker: queries, features, negatives
 TEMPERATURE = 0.07
 INPUTS = ("query", "positive_key", "negative_keys")
-LABELS = ("labels", "negative_labels")  # split by rows like the inputs, never differentiated
+# split by rows like the inputs, never differentiated: labels, sample weights, a teacher's rows
+LABELS = ("labels", "negative_labels", "sample_weight", "teacher_query", "teacher_positive_key")
+TEACHER = ("teacher_query", "teacher_positive_key")
 CLASSES = 3  # few classes: every worker's rows have same-class rows on the other workers
 TORCH_WORLDS, JAX_WORLDS = (2, 3), (2, 4)
 LOCAL = ("local", "local-novma", "pmap")  # JAX patterns that differentiate each device's own loss
@@ -59,11 +61,15 @@ class Case:
     hardness: str | None = None  # hardness_mode, with strength 2
     joint: tuple[str, ...] = ()  # joint_directions
     guide_margin: float | None = None  # false-negative masking by the model's own similarity
+    targets: tuple[tuple[str, float], ...] = ()  # options of issue 23 (label_smoothing, ...)
+    weights: bool = False  # sample_weight= (its rows local to each worker)
+    teacher: bool = False  # teacher= embeddings (gathered with the keys)
 
     @property
     def recipe(self) -> bool:
         """Whether the recipes' reference checks this case (the seed has no such option)."""
         extras = (self.decoupled, self.share, self.hardness, self.joint, self.guide_margin)
+        extras += (self.targets, self.weights, self.teacher)
         return self.labels or any(x not in (False, None, ()) for x in extras)
 
     def options(self) -> dict[str, Any]:
@@ -86,6 +92,7 @@ class Case:
                 "hardness_strength": 2.0 if self.hardness else 0.0,
                 "joint_directions": self.joint,
                 "guide_margin": self.guide_margin,
+                **dict(self.targets),
             }
         return {
             "reduction": self.reduction,
@@ -173,6 +180,38 @@ CASES = {
     "shared-hard-chunked": Case(
         "paired", in_batch=True, share=True, hardness="hard_negatives", chunk_size=2
     ),
+    # Targets beyond one-hot: "mean" over the workers' rows is the whole batch's where each
+    # row weighs 1; sample weights are summed ("sum", "none"): each worker's mean divides by
+    # its own weights.
+    "smoothing-margin": Case(
+        labels=True,
+        symmetric=True,
+        targets=(("label_smoothing", 0.1), ("margin", 0.2)),
+        learn=True,
+        jax=("reduced", "local"),
+    ),
+    "supcon-smoothing-chunked": Case(
+        labels=True, positives="supcon", targets=(("label_smoothing", 0.2),), chunk_size=3
+    ),
+    "debiased-hcl": Case(
+        "unpaired",
+        in_batch=True,
+        targets=(("debiased_prior", 0.1), ("hardness_beta", 1.0), ("margin", 0.1)),
+        learn=True,
+    ),
+    "debiased-chunked": Case(
+        targets=(("debiased_prior", 0.2),), chunk_size=2, reduction="none", learn=True
+    ),
+    "teacher-weights": Case(
+        teacher=True,
+        weights=True,
+        targets=(("label_smoothing", 0.1), ("teacher_temperature", 0.5)),
+        reduction="sum",
+        learn=True,
+    ),
+    "teacher-weights-chunked": Case(
+        teacher=True, weights=True, symmetric=True, chunk_size=3, reduction="none"
+    ),
 }
 
 
@@ -194,6 +233,10 @@ def make_inputs() -> dict[str, np.ndarray]:
                 inputs[f"{k}/positive_key"] = query + 0.5 * rng.normal(size=(n, DIM))
             if case.labels:
                 inputs[f"{k}/labels"] = rng.integers(0, CLASSES, size=n)
+            if case.weights:
+                inputs[f"{k}/sample_weight"] = rng.uniform(0.0, 2.0, size=n)
+            for name in TEACHER if case.teacher else ():
+                inputs[f"{k}/{name}"] = rng.normal(size=(n, DIM - 2))
             if case.negative_labels:
                 inputs[f"{k}/negative_labels"] = rng.integers(0, CLASSES, size=world * UNPAIRED)
             if case.negatives == "unpaired":
@@ -236,6 +279,9 @@ def call(case: Case, args: list[Any], labels: dict[str, Any], temperature: Any, 
     """The function API's loss of a recipe case (``supervised_info_nce`` or ``info_nce``)."""
     import infonce_xp
 
+    labels = dict(labels)
+    if TEACHER[0] in labels:
+        labels["teacher"] = tuple(labels.pop(name) for name in TEACHER)
     if case.supervised:
         return infonce_xp.supervised_info_nce(
             *args, labels["labels"], temperature, gather=gather, **case.options()
@@ -251,6 +297,7 @@ def recipe_reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[
     import torch
 
     from reference_recipes import recipe_loss, supervised_loss
+    from reference_targets import target_loss
 
     arrays = {n: inputs[f"{k}/{n}"] for n in INPUTS if f"{k}/{n}" in inputs}
     labels = {n: inputs[f"{k}/{n}"] for n in LABELS if f"{k}/{n}" in inputs}
@@ -265,6 +312,11 @@ def recipe_reference(case: Case, inputs: dict[str, np.ndarray], k: str) -> dict[
         expected = supervised_loss(
             arrays["query"], labels["labels"], TEMPERATURE, case.positives, case.reduction
         )
+    elif case.targets or case.weights or case.teacher:
+        data = dict(labels)
+        if case.teacher:
+            data["teacher"] = tuple(data.pop(name) for name in TEACHER)
+        expected = target_loss(*arrays.values(), temperature=TEMPERATURE, **data, **opts)
     else:
         expected = recipe_loss(*arrays.values(), temperature=TEMPERATURE, **labels, **opts)
     np.testing.assert_allclose(loss.detach().numpy(), expected, rtol=1e-10, atol=1e-12)

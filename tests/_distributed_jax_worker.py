@@ -72,7 +72,7 @@ def jax_case(
     def objective(grad_output: Any, temperature: Any, *args: Any) -> tuple[Any, Any]:
         temp = t if temperature is None else temperature
         args, labels = args[: len(names)], dict(zip(labelled, args[len(names) :]))
-        if case.labels:
+        if case.recipe:
             loss = call(case, list(args), labels, temp, gather)
         elif case.api == "class":
             loss = infonce_xp.InfoNCE(temp, gather=gather, **opts)(*args)

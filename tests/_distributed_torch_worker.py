@@ -61,7 +61,7 @@ def torch_case(case: Case, block: dict[str, np.ndarray]) -> dict[str, np.ndarray
     if case.api == "module":
         module = it.InfoNCE(t, learn_temperature=True, gather=it.all_gather, **opts).double()
         loss = module(*args)
-    elif case.labels:
+    elif case.recipe:
         labels = {n: torch.asarray(block[n]) for n in LABELS if n in block}
         loss = call(case, args, labels, temperature, it.all_gather)
     elif case.api == "class":

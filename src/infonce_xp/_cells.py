@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 from . import _targets
 from ._arrays import device, multiply_into, row_dot, subtract_into
+from ._rows import Diagonal, boolean, safe_shift, subtract_where, without, zeros
 from ._rows import count as _count
 from ._rows import either as _or
 from ._rows import exp_of as _exp
@@ -52,7 +53,6 @@ from ._rows import log_of as _log
 from ._rows import lse as _lse
 from ._rows import lse_update as _lse_update
 from ._rows import masked_sum as _masked_sum
-from ._rows import safe_shift, zeros
 from ._rows import sigmoid as _sigmoid
 from ._rows import softplus as _softplus
 from ._typing import Array, Namespace
@@ -114,17 +114,11 @@ class Saved(NamedTuple):
 def _classify(xp: Namespace, positives: str, hidden: Any, own: Any, same: Any) -> tuple[Any, Any]:
     """``(hidden, positive)`` masks from the hidden, own-positive and same-class ones (each may
     be None: no such cell)."""
-    if same is not None and own is not None:
-        same = same & ~own  # the own positive is a positive, never an ignored same-class cell
-    if same is not None and hidden is not None:
-        same = same & ~hidden  # the anchor itself, or padding
+    same = without(xp, same, own)  # the own positive is a positive, never an ignored cell
+    same = without(xp, same, hidden)  # the anchor itself, or padding
     if positives == "own":
-        if same is not None:
-            hidden = same if hidden is None else hidden | same
-        return hidden, own
-    if same is None:
-        return hidden, own
-    return hidden, same if own is None else own | same
+        return _or(xp, hidden, same), own
+    return hidden, _or(xp, own, same)
 
 
 def shared_cells(
@@ -148,16 +142,22 @@ def shared_cells(
     tile, or None."""
     rows = xp.arange(z.shape[0], device=device(z))[:, None] + row0
     cols = xp.arange(z.shape[1], device=device(z))[None, :] + col0
+    # a whole block (the dense execution): the cells (i, offset + i) by their offset
+    whole = not padded and isinstance(row0, int) and isinstance(col0, int) and row0 == col0 == 0
+
+    def at(column: Any) -> Any:
+        if column is None:
+            return None
+        return Diagonal(column, z) if whole else cols == rows + column
+
     hidden = cols >= p.shared.shape[0] if padded else None
     for column in (p.hide, p.twin):
-        if column is not None:
-            mine = cols == rows + column
-            hidden = mine if hidden is None else hidden | mine
+        hidden = _or(xp, hidden, at(column))
     for first, stop, size, offset in p.unseen:
         mine = (cols >= first) & (cols < stop) & ((cols - first) // size == rows + offset)
-        hidden = mine if hidden is None else hidden | mine
-    own = None if p.own is None else cols == rows + p.own
-    hidden = _or(hidden, _guided(p, z, g, own))
+        hidden = _or(xp, hidden, mine)
+    own = at(p.own)
+    hidden = _or(xp, hidden, _guided(xp, p, z, g, own))
     same = None
     if y is not None and cy is not None:
         same = y[:, None] == cy[None, :]
@@ -172,13 +172,12 @@ def shared_cells(
     return hidden, positive, part, _hard(xp, p, rows, cols, positive), _taught(p, g)
 
 
-def _guided(p: Problem, z: Array, g: Any, own: Any) -> Any:
+def _guided(xp: Namespace, p: Problem, z: Array, g: Any, own: Any) -> Any:
     """The cells that false-negative masking hides: a guide similarity (without a guide, the
     logit) above the row's threshold, the own positive excepted; None without masking."""
     if p.threshold is None:
         return None
-    above = (z if g is None else g) > p.threshold[:, None]
-    return above if own is None else above & ~own
+    return without(xp, (z if g is None else g) > p.threshold[:, None], own)
 
 
 def _hard(xp: Namespace, p: Problem, rows: Array, cols: Array, positive: Any) -> Any:
@@ -191,8 +190,8 @@ def _hard(xp: Namespace, p: Problem, rows: Array, cols: Array, positive: Any) ->
         if rule != "all":  # a grouped block: is the column in the row's own group?
             mine = (cols - first) // size == rows + offset
             chosen = chosen & (mine if rule == "own" else ~mine)
-        hard = _or(hard, chosen)
-    return hard if hard is None or positive is None else hard & ~positive
+        hard = _or(xp, hard, chosen)
+    return without(xp, hard, positive)
 
 
 def paired_cells(
@@ -205,7 +204,7 @@ def paired_cells(
     hard = None
     if p.hard is not None and p.hard[1]:
         hard = xp.ones(z.shape, dtype=xp.bool, device=device(z))
-    hidden, positive = _classify(xp, p.positives, _guided(p, z, g, None), None, same)
+    hidden, positive = _classify(xp, p.positives, _guided(xp, p, z, g, None), None, same)
     return hidden, positive, part, hard, _taught(p, g)
 
 
@@ -220,8 +219,9 @@ def _taught(p: Problem, g: Any) -> Any:
     return None if p.teacher is None or g is None else g * p.teacher
 
 
-def adjust(xp: Namespace, p: Problem, z: Array, hard: Any, positive: Any) -> Array:
-    """The logits with hardness weighting and the margin.
+def adjust(xp: Namespace, p: Problem, z: Array, masks: Any) -> Array:
+    """A tile's logits with hardness weighting and the margin, applied once where the tile is
+    made (over ``z``, our own, where the library can).
 
     Hardness: ``z + alpha * s`` on the hard cells, ``s = z / scale`` their similarity, held
     constant in the gradient. The gradient needs nothing else: the responses are those of the
@@ -229,10 +229,11 @@ def adjust(xp: Namespace, p: Problem, z: Array, hard: Any, positive: Any) -> Arr
     unweighted one's. The margin: ``z - m * scale`` on the positives, whose derivative in the
     scale is ``s - m``: the engine adds ``-m`` times the positives' responses
     (:func:`scale_rows`)."""
+    hard, positive = masks[3], masks[1]
     if hard is not None:
         z = xp.where(hard, z * p.hardness, z)
-    if p.margin is not None and positive is not None:
-        z = xp.where(positive, z - p.margin[0], z)
+    if p.margin is not None:
+        z = subtract_where(xp, z, positive, p.margin[0])
     return z
 
 
@@ -242,21 +243,21 @@ def first_pass(
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
     kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
     if ``mine``: see :func:`_hide`)."""
-    hidden, positive, part, hard, g = masks
-    z = adjust(xp, p, z, hard, positive)
+    hidden, positive, part, _, g = masks
     top, total, zsum, count, *extra = stats
     if positive is not None:  # before z is written over
         zsum = zsum + _masked_sum(xp, positive, z)
         count = count + _count(xp, positive, z)
         if p.positives != "supcon" and not _targets.soft(p):
-            hidden = _or(hidden, positive)
+            hidden = _or(xp, hidden, positive)
     if extra:
         extra = list(_targets.update(xp, p, tuple(extra), z, hidden, g))
     if p.parts is not None and part is None:  # the own positives' column: hidden anyway
         part = 0
     if isinstance(part, int):  # a paired block: a part of its own
         part = xp.full((1, z.shape[-1]), part, dtype=xp.int32, device=device(z))
-    top, total = _lse_update(xp, top, total, _targets.tilt(xp, p, z), hidden, mine, part)
+    tilted = _targets.tilt(xp, p, z)
+    top, total = _lse_update(xp, top, total, tilted, hidden, mine or tilted is not z, part)
     return top, total, zsum, count, *extra
 
 
@@ -268,7 +269,7 @@ def second_pass(
     positive = masks[1]
     if positive is None:
         return stats  # type: ignore[no-any-return]
-    z = adjust(xp, p, z, None, positive)
+    positive = boolean(xp, positive)
     gap = lse_negatives[:, None] - z
     terms = _masked_sum(xp, positive, _softplus(xp, gap))
     return stats[0] + terms, stats[1] + _masked_sum(xp, positive, _sigmoid(xp, gap))
@@ -306,34 +307,30 @@ def response(
 ) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
     (written over ``z`` if ``mine``: see :func:`_hide`)."""
-    hidden, positive, part, hard, g = masks
-    z = adjust(xp, p, z, hard, positive)
+    hidden, positive, part, _, g = masks
     if _targets.soft(p) or p.debias is not None:
         return _targets.response(xp, p, residual, z, hidden, positive, g, mine)
     if p.decoupled is not False:  # exp(z - LSE) on the negatives, -w at the positive
         lse, w = residual
         shift = _part_shift(xp, lse, part)
-        out = _exp(xp, _hide(xp, z, _or(hidden, positive), mine), shift, mine)
-        if positive is None:
-            return out
-        return subtract_into(xp, out, xp.where(positive, w[:, None], xp.zeros_like(out)))
+        kept = _hide(xp, z, _or(xp, hidden, positive), mine)
+        return subtract_where(xp, _exp(xp, kept, shift, mine or kept is not z), positive, w)
     if p.positives != "supcon":
         lse_negatives, sigmas = residual
         pull = None
-        if positive is not None:  # before z is written over ("own": its one positive's sigma)
-            own = p.positives == "own"
-            at = sigmas[:, None] if own else _sigmoid(xp, lse_negatives[:, None] - z)
-            pull = xp.where(positive, at, 0.0)
-        kept = _hide(xp, z, _or(hidden, positive), mine)
+        if positive is not None and p.positives == "pairs":  # before z is written over
+            pull = xp.where(boolean(xp, positive), _sigmoid(xp, lse_negatives[:, None] - z), 0.0)
+        kept = _hide(xp, z, _or(xp, hidden, positive), mine)
         shift = safe_shift(xp, lse_negatives)[:, None]
-        out = multiply_into(xp, _exp(xp, kept, shift, mine), sigmas[:, None])
-        return out if pull is None else subtract_into(xp, out, pull)
+        out = multiply_into(xp, _exp(xp, kept, shift, mine or kept is not z), sigmas[:, None])
+        if pull is not None:
+            return subtract_into(xp, out, pull)
+        return subtract_where(xp, out, positive, sigmas)  # "own": its one positive's sigma
     lse, count = residual
-    out = _exp(xp, _hide(xp, z, hidden, mine), lse[:, None], mine)
-    if positive is not None:
-        share = 1.0 / xp.where(count > 0, count, xp.ones_like(count))
-        out = subtract_into(xp, out, xp.where(positive, share[:, None], xp.zeros_like(out)))
-    return out
+    kept = _hide(xp, z, hidden, mine)
+    out = _exp(xp, kept, lse[:, None], mine or kept is not z)
+    share = 1.0 / xp.where(count > 0, count, xp.ones_like(count))
+    return subtract_where(xp, out, positive, share)
 
 
 def vmf_weights(xp: Namespace, anchor: Array, positive: Array, sigma: float) -> Array:

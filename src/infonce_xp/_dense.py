@@ -30,6 +30,7 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         z = _blocks.logits(xp, "own", scaled, p.positive)
         g = _guide(xp, "own", p, p.guide_positive)
         tiles.append(("own", z, _cells.own_cells(xp, p, z, g)))
+    tiles = [(kind, _cells.adjust(xp, p, z, masks), masks) for kind, z, masks in tiles]
     stats = _cells.start(xp, p, scaled.shape[0], scaled)
     for _, z, masks in tiles:
         stats = _cells.first_pass(xp, p, stats, z, masks)

@@ -1,22 +1,61 @@
-"""Statistics of a row of logits, accumulated tile by tile: masked sums and counts, the online
-log-sum-exp, and the stable forms of ``log``, ``softplus`` and ``sigmoid`` that the cells'
-rules (:mod:`._cells`, :mod:`._targets`) share. A mask of None means "no such cell"."""
+"""Masks of a tile's cells and the statistics of a row of logits, accumulated tile by tile:
+masked sums and counts, the online log-sum-exp, and the stable forms of ``log``, ``softplus``
+and ``sigmoid`` that the cells' rules (:mod:`._cells`, :mod:`._targets`) share.
+
+A mask is None ("no such cell"), a boolean array, or a :class:`Diagonal`: the cells
+``(i, offset + i)`` of a whole block (the own positive, the anchor itself), which reads, hides
+and fills by strided access (``_arrays.fill_diagonal``) rather than by passes over N x M.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._arrays import device, fill_where, subtract_exp
+from ._arrays import device, diagonal, diagonal_mask, fill_diagonal, fill_where, subtract_exp
 from ._typing import Array, Namespace
+
+
+class Diagonal(NamedTuple):
+    """The mask of the cells ``(i, offset + i)`` of an (n, m) tile ``like``."""
+
+    offset: Any
+    like: Array
+
+
+def boolean(xp: Namespace, mask: Any) -> Any:
+    """``mask`` as a boolean array (None stays None)."""
+    if isinstance(mask, Diagonal):
+        return diagonal_mask(xp, mask.like, mask.offset, 0, 0)
+    return mask
+
+
+def without(xp: Namespace, a: Any, b: Any) -> Any:
+    """The cells of mask ``a`` not in ``b``."""
+    if a is None or b is None:
+        return a
+    if _fills(a, b):  # a is a fresh array
+        return fill_diagonal(xp, a, b.offset, False)
+    return boolean(xp, a) & ~boolean(xp, b)
+
+
+def _fills(a: Any, b: Any) -> bool:
+    """Whether mask ``b`` is a diagonal of the whole array ``a`` (not one that broadcasts)."""
+    return isinstance(b, Diagonal) and not isinstance(a, Diagonal) and a.shape == b.like.shape
 
 
 def zeros(xp: Namespace, n: int, like: Array) -> Array:
     return xp.zeros((n,), dtype=like.dtype, device=device(like))
 
 
-def either(a: Any, b: Any) -> Any:
+def either(xp: Namespace, a: Any, b: Any) -> Any:
     """The union of two masks (None: empty)."""
-    return a if b is None else b if a is None else a | b
+    if a is None or b is None:
+        return a if b is None else b
+    if isinstance(a, Diagonal) and not isinstance(b, Diagonal):
+        a, b = b, a
+    if _fills(a, b):
+        return fill_diagonal(xp, a | a, b.offset, True)  # a copy: masks may be shared
+    return boolean(xp, a) | boolean(xp, b)
 
 
 def row_max(xp: Namespace, z: Array) -> Array:
@@ -28,14 +67,27 @@ def safe_shift(xp: Namespace, top: Array) -> Array:
     return xp.where(top == -xp.inf, xp.zeros_like(top), top)
 
 
-def hide(xp: Namespace, z: Array, hidden: Any, mine: bool) -> Array:
-    """``z`` with the hidden cells -inf: written over ``z`` where the library can if ``mine``
-    (a tile used once, as the tiled execution's are), else a new array."""
+def hide(xp: Namespace, z: Array, hidden: Any, mine: bool, value: float = -float("inf")) -> Array:
+    """``z`` with the hidden cells -inf (or ``value``): written over ``z`` where the library
+    can if ``mine`` (a tile used once, as the tiled execution's are), else a new array."""
     if hidden is None:
         return z
+    if isinstance(hidden, Diagonal):
+        return fill_diagonal(xp, z if mine else z + 0.0, hidden.offset, value)
     if mine:
-        return fill_where(xp, z, xp.broadcast_to(hidden, z.shape), -xp.inf)
-    return xp.where(hidden, -xp.inf, z)
+        return fill_where(xp, z, xp.broadcast_to(hidden, z.shape), value)
+    return xp.where(hidden, value, z)
+
+
+def subtract_where(xp: Namespace, x: Array, mask: Any, values: Array) -> Array:
+    """``x - where(mask, values, 0)``, written over ``x`` (our own) where the library can;
+    ``values`` one per row, or one number."""
+    if mask is None:
+        return x
+    if isinstance(mask, Diagonal):
+        return fill_diagonal(xp, x, mask.offset, diagonal(xp, x, mask.offset) - values)
+    column = values[:, None] if getattr(values, "ndim", 0) == 1 else values
+    return x - xp.where(mask, column, xp.zeros_like(x))
 
 
 def exp_of(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
@@ -50,9 +102,13 @@ def lse_update(
     with ``part``, one per block (``top`` and ``total`` then (n, K), the cells (n, K, c))."""
     if part is not None:
         ks = xp.arange(top.shape[-1], device=device(z))[:, None]
-        hidden = either(None if hidden is None else hidden[:, None, :], part[..., None, :] != ks)
+        hidden = boolean(xp, hidden)
+        hidden = either(
+            xp, None if hidden is None else hidden[:, None, :], part[..., None, :] != ks
+        )
         z, mine = z[:, None, :], False
     kept = hide(xp, z, hidden, mine)
+    mine = mine or kept is not z  # a new array of our own
     new = xp.maximum(top, row_max(xp, kept))
     shift = safe_shift(xp, new)
     total = total * xp.exp(top - shift) + xp.sum(exp_of(xp, kept, shift[..., None], mine), axis=-1)
@@ -62,12 +118,16 @@ def lse_update(
 def masked_sum(xp: Namespace, mask: Any, x: Array) -> Array:
     if mask is None:
         return xp.zeros(x.shape[:-1], dtype=x.dtype, device=device(x))
+    if isinstance(mask, Diagonal):
+        return diagonal(xp, x, mask.offset)
     return xp.sum(xp.where(mask, x, 0.0), axis=-1)
 
 
 def count(xp: Namespace, mask: Any, z: Array) -> Array:
     if mask is None:
         return xp.zeros(z.shape[:-1], dtype=z.dtype, device=device(z))
+    if isinstance(mask, Diagonal):  # one cell per row
+        return xp.ones(z.shape[:-1], dtype=z.dtype, device=device(z))
     return xp.astype(xp.count_nonzero(mask, axis=-1), z.dtype)
 
 
@@ -86,4 +146,6 @@ def softplus(xp: Namespace, x: Array) -> Array:
 
 
 def sigmoid(xp: Namespace, x: Array) -> Array:
-    return 1.0 / (1.0 + xp.exp(-x))
+    """``1 / (1 + e^{-x})`` without overflow: ``e^{-|x|}`` is at most 1."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0, e) / (1.0 + e)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._arrays import multiply_into, subtract_into
 from ._rows import (
     count,
     either,
@@ -34,11 +35,11 @@ from ._rows import (
     log_of,
     lse,
     lse_update,
-    masked_sum,
     row_max,
     safe_shift,
     sigmoid,
     softplus,
+    subtract_where,
     zeros,
 )
 from ._typing import Array, Namespace
@@ -74,14 +75,13 @@ def update(
     """:func:`start`'s statistics updated with a tile of logits ``z`` (before it is written
     over), its hidden cells (with the positives for the debiased rows: those count negatives)
     and the teacher's logits ``g`` (or None)."""
-    kept = None if hidden is None else ~hidden
-    n_kept = count(xp, kept, z) if kept is not None else zeros(xp, z.shape[0], z) + z.shape[-1]
+    n_kept = z.shape[-1] - count(xp, hidden, z)
     if p.debias is not None:
         if not p.debias[1]:
             return (extra[0] + n_kept,)
-        top, total = lse_update(xp, extra[0], extra[1], z * p.debias[1], hidden, False)
+        top, total = lse_update(xp, extra[0], extra[1], z * p.debias[1], hidden, True)
         return top, total, extra[2] + n_kept
-    z_kept = xp.sum(z, axis=-1) if kept is None else masked_sum(xp, kept, z)
+    z_kept = xp.sum(hide(xp, z, hidden, False, 0.0), axis=-1)
     out = (extra[0] + z_kept, extra[1] + n_kept)
     if p.teacher is None:
         return out
@@ -91,7 +91,7 @@ def update(
     shift = safe_shift(xp, new)
     e = xp.exp(g - shift[:, None])
     rescale = xp.exp(top - shift)
-    z = z if hidden is None else xp.where(hidden, 0.0, z)
+    z = hide(xp, z, hidden, False, 0.0)
     return (
         *out,
         new,
@@ -137,16 +137,20 @@ def response(
         return _debiased_response(xp, p, residual, z, hidden, positive, mine)
     row_lse, kall, more = residual
     e = float(p.smoothing)
-    if p.teacher is not None:  # (1 - e) softmax(g) on the kept cells
-        aim = xp.exp(hide(xp, g, hidden, False) - safe_shift(xp, more)[:, None]) * (1.0 - e)
-    else:
-        share = (1.0 - e) / xp.where(more > 0, more, xp.ones_like(more))
-        aim = xp.zeros_like(z) if positive is None else xp.where(positive, share[:, None], 0.0)
-    if e:
-        aim = aim + e / xp.where(kall > 0, kall, xp.ones_like(kall))[:, None]
-        aim = aim if hidden is None else xp.where(hidden, 0.0, aim)
-    out = exp_of(xp, hide(xp, z, hidden, mine), safe_shift(xp, row_lse)[:, None], mine)
-    return out - aim
+    teacher = None
+    if p.teacher is not None:  # (1 - e) softmax(g) on the kept cells (g's last use)
+        shift = safe_shift(xp, more)[:, None] - math.log1p(-e)
+        teacher = exp_of(xp, hide(xp, g, hidden, True), shift, True)
+    kept = hide(xp, z, hidden, mine)
+    out = exp_of(xp, kept, safe_shift(xp, row_lse)[:, None], mine or kept is not z)
+    if e:  # e / K on the kept cells
+        out = subtract_into(xp, out, e / xp.where(kall > 0, kall, xp.ones_like(kall))[:, None])
+        out = hide(xp, out, hidden, True, 0.0)
+    if teacher is not None:
+        return subtract_into(xp, out, teacher)
+    return subtract_where(
+        xp, out, positive, (1.0 - e) / xp.where(more > 0, more, xp.ones_like(more))
+    )
 
 
 def _debiased(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
@@ -193,16 +197,19 @@ def _debiased_response(
 ) -> Array:
     a, b, c1, pull, _ = residual
     beta = p.debias[1]
-    negatives = either(hidden, positive)
-    if beta:
-        tilted = xp.exp(hide(xp, z * (1.0 + beta), negatives, False) - safe_shift(xp, a)[:, None])
-        out = (1.0 + beta) * tilted - beta * xp.exp(
-            hide(xp, z * beta, negatives, False) - b[:, None]
-        )
-    else:
-        out = exp_of(xp, hide(xp, z, negatives, mine), safe_shift(xp, a)[:, None], mine)
-    out = out * c1[:, None]
-    return out if positive is None else out + xp.where(positive, pull[:, None], 0.0)
+    negatives = either(xp, hidden, positive)
+    kept = hide(xp, z, negatives, mine)
+    if not beta:
+        out = exp_of(xp, kept, safe_shift(xp, a)[:, None], mine or kept is not z)
+        return subtract_where(xp, multiply_into(xp, out, c1[:, None]), positive, -pull)
+    # c1 ((1 + beta) e^{(1 + beta) z - A} - beta e^{beta z - B}), as e^{beta z - B} times
+    # (c1 (1 + beta) e^{z - (A - B)} - c1 beta): two exps, each bounded on the negatives
+    weights = exp_of(xp, kept * beta, b[:, None], True)
+    out = exp_of(xp, kept, (safe_shift(xp, a) - b)[:, None], mine or kept is not z)
+    out = subtract_into(
+        xp, multiply_into(xp, out, (c1 * (1.0 + beta))[:, None]), (c1 * beta)[:, None]
+    )
+    return subtract_where(xp, multiply_into(xp, out, weights), positive, -pull)
 
 
 def scale_term(xp: Namespace, p: Any, residual: tuple[Array, ...]) -> Any:

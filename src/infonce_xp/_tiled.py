@@ -23,6 +23,7 @@ from ._blocks import logits, pull, push
 from ._cells import (
     Problem,
     Saved,
+    adjust,
     finish,
     first_pass,
     own_cells,
@@ -169,7 +170,8 @@ def _key_tile(xp: Namespace, p_i: Problem, scaled_i: Array, row0: Any, key: tupl
     guide = next(it) if p_i.guide_shared is not None else None
     z = logits(xp, "shared", scaled_i, keys)
     g = None if guide is None else logits(xp, "shared", p_i.guide_anchor, guide)
-    return keys, z, shared_cells(xp, p_i, z, row0, col0, True, p_i.labels, cy, lab, g)
+    masks = shared_cells(xp, p_i, z, row0, col0, True, p_i.labels, cy, lab, g)
+    return keys, adjust(xp, p_i, z, masks), masks
 
 
 def _own_tiles(xp: Namespace, p_i: Problem, scaled_i: Array) -> list[Any]:
@@ -181,13 +183,14 @@ def _own_tiles(xp: Namespace, p_i: Problem, scaled_i: Array) -> list[Any]:
         if p_i.guide_paired is not None:
             g = logits(xp, "paired", p_i.guide_anchor, p_i.guide_paired)
         masks = paired_cells(xp, p_i, z, p_i.labels, p_i.paired_labels, g)
-        out.append(("paired", p_i.paired, z, masks))
+        out.append(("paired", p_i.paired, adjust(xp, p_i, z, masks), masks))
     if p_i.positive is not None:
         z = logits(xp, "own", scaled_i, p_i.positive)
         g = None
         if p_i.guide_positive is not None:
             g = logits(xp, "own", p_i.guide_anchor, p_i.guide_positive)
-        out.append(("own", p_i.positive, z, own_cells(xp, p_i, z, g)))
+        masks = own_cells(xp, p_i, z, g)
+        out.append(("own", p_i.positive, adjust(xp, p_i, z, masks), masks))
     return out
 
 
