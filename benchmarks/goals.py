@@ -55,6 +55,15 @@ PEER_CLASSES = [
     "lightly.DCLWLoss",
     "open_clip.ClipLoss",
 ]
+# the options of the targets issue (23), each timed and tiled against the plain call
+TARGET_OPTIONS = [
+    "label_smoothing",
+    "teacher",
+    "margin",
+    "sample_weight",
+    "debiased_prior",
+    "hardness_beta",
+]
 
 GOALS: list[Goal] = [
     # PyTorch CPU forward+backward time; the floor is the bare q @ k.T and its backward.
@@ -99,6 +108,20 @@ GOALS: list[Goal] = [
         0.05,
         strict=True,
         percent=True,
+    ),
+    # The targets issue (23): each option within 1.15x of the plain call, and tiled in a small
+    # part of the seed's dense memory.
+    *(Goal("targets", case(4096, 512), f"time {name} / plain", 1.15) for name in TARGET_OPTIONS),
+    *(
+        Goal(
+            "targets",
+            case(32768, 128),
+            f"tiled {name} peak / seed",
+            0.05,
+            strict=True,
+            percent=True,
+        )
+        for name in TARGET_OPTIONS
     ),
 ]
 

@@ -24,6 +24,7 @@ import peers
 import percall
 import recipes
 import report
+import targets
 import tiled
 import torch_time
 from common import FULL, QUICK, ROOT, Section, log
@@ -37,6 +38,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "percall": percall.run,
     "recipes": recipes.run,
     "peers": peers.run,
+    "targets": targets.run,
 }
 SECTIONS = tuple(RUNNERS)
 

@@ -30,6 +30,7 @@ def test_quick_benchmark_runs_and_prints_tables(tmp_path: Path) -> None:
         "NumPy",
         "Tiled",
         "Peers",
+        "Targets beyond one-hot",
     ):
         assert title in out
     for title in ("Per-call cost", "Kernels per forward + backward", "JAX eager", "value and grad"):

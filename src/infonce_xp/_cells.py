@@ -90,8 +90,8 @@ class Problem(NamedTuple):
     # is above its row's threshold is hidden, the own positive excepted; None: no masking
     guide_positive: Any = None  # (N, Dg): the teacher's own positives, as ``positive``
     smoothing: float = 0.0  # label smoothing: the share of the row's target spread evenly
-    teacher: Any = None  # the teacher's scale: the guide arrays are a teacher's, whose logits
-    # (similarities times it) give the rows' targets; None: no teacher
+    teacher: Any = None  # the teacher's scale: the guide arrays are a teacher's (its anchors
+    # times the scale), whose logits give the rows' targets; None: no teacher
     margin: Any = None  # (in logits, as given): the additive margin on the positives; or None
     debias: Any = None  # (tau, beta, -scale): the debiased estimator (see _targets); or None
 
@@ -215,8 +215,8 @@ def own_cells(xp: Namespace, p: Problem, z: Array, g: Any = None) -> tuple[Any, 
 
 
 def _taught(p: Problem, g: Any) -> Any:
-    """A tile's teacher logits from its similarities (None without a teacher)."""
-    return None if p.teacher is None or g is None else g * p.teacher
+    """A tile's teacher logits (its anchors carry the teacher's scale), or None."""
+    return None if p.teacher is None else g
 
 
 def adjust(xp: Namespace, p: Problem, z: Array, masks: Any) -> Array:

@@ -332,7 +332,8 @@ def problem(
     guides = _guides(xp, config, d, units, scale) if config.guided is not None else {}
     if config.target is not None and config.target[1] is not None:  # a teacher's arrays
         got = _laid_out(xp, d, lambda name: units[GUIDE_OF[name]], positive_name)
-        guides = {"guide_anchor": got[0], "guide_shared": _concat(xp, got[1])}
+        # the teacher's anchors times its scale: its products are its logits
+        guides = {"guide_anchor": got[0] * config.target[1], "guide_shared": _concat(xp, got[1])}
         guides |= {"guide_paired": got[2], "guide_positive": got[3]}
     smoothing, teacher = config.target or (0.0, None)
     margin = None if not config.margin else (config.margin * scale, config.margin)

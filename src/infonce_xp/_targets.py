@@ -81,23 +81,18 @@ def update(
             return (extra[0] + n_kept,)
         top, total = lse_update(xp, extra[0], extra[1], z * p.debias[1], hidden, True)
         return top, total, extra[2] + n_kept
-    z_kept = xp.sum(hide(xp, z, hidden, False, 0.0), axis=-1)
-    out = (extra[0] + z_kept, extra[1] + n_kept)
+    z = hide(xp, z, hidden, False, 0.0)  # the kept logits, 0 elsewhere
+    out = (extra[0] + xp.sum(z, axis=-1), extra[1] + n_kept)
     if p.teacher is None:
         return out
-    top, total, weighted = extra[2:]
+    top, total, weighted = extra[2:]  # the teacher's online log-sum-exp, and sum exp(g) z
     g = hide(xp, g, hidden, False)
     new = xp.maximum(top, row_max(xp, g))
     shift = safe_shift(xp, new)
     e = xp.exp(g - shift[:, None])
     rescale = xp.exp(top - shift)
-    z = hide(xp, z, hidden, False, 0.0)
-    return (
-        *out,
-        new,
-        total * rescale + xp.sum(e, axis=-1),
-        weighted * rescale + xp.sum(e * z, axis=-1),
-    )
+    total = total * rescale + xp.sum(e, axis=-1)
+    return (*out, new, total, weighted * rescale + xp.sum(multiply_into(xp, e, z), axis=-1))
 
 
 def finish(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
@@ -154,6 +149,8 @@ def response(
 
 
 def _debiased(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
+    """The debiased rows, counts and residual ``(A, B, c1, pull, scale term)``: ``c1`` the
+    factor of each negative's response, ``pull`` the positive's (see the module docstring)."""
     top, total, z_p, n_pos, *extra = stats
     tau, beta, floor = p.debias
     q = extra[-1]
@@ -174,7 +171,7 @@ def _debiased(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
     rows = xp.where(has, softplus(xp, gap), xp.zeros_like(gap))
     sigma = xp.where(has, sigmoid(xp, gap), xp.zeros_like(gap))
     free = xp.where(clamped, xp.zeros_like(gap), sigma)  # sigma where not clamped
-    # dl/dA-side: sigma S / ((1 - tau) Ng) on each negative's share; at the positive, -sigma,
+    # d l / d log S = sigma S / ((1 - tau) Ng) where not clamped; at the positive, -sigma,
     # less sigma tau Q e^{z_p} / ((1 - tau) Ng) where not clamped
     c1 = free * xp.exp(xp.where(clamped, xp.zeros_like(gap), log_s - log_ng) - math.log1p(-tau))
     pull = -sigma
