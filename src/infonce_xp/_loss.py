@@ -231,8 +231,10 @@ class InfoNCE:
         sample_weight: Array | None = None,
     ) -> Array:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        more = {"guide": guide, "teacher": teacher, "sample_weight": sample_weight}
-        return evaluate(check_call(self.options, *arrays, **more))
+        call = check_call(
+            self.options, *arrays, guide=guide, teacher=teacher, sample_weight=sample_weight
+        )
+        return evaluate(call)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"

@@ -163,8 +163,14 @@ class InfoNCE(_Loss):
         sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        more = {"guide": guide, "teacher": teacher, "sample_weight": sample_weight}
-        call = check_call(self.options, *arrays, temperature=self._learned(), **more)
+        call = check_call(
+            self.options,
+            *arrays,
+            temperature=self._learned(),
+            guide=guide,
+            teacher=teacher,
+            sample_weight=sample_weight,
+        )
         loss: torch.Tensor = evaluate(call)
         return loss
 
