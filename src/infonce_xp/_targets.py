@@ -129,7 +129,7 @@ def response(
     """One tile of ``dl_i / dz_ij`` from :func:`finish`'s residual (see the module docstring);
     ``z`` with its margin and hardness, written over if ``mine``."""
     if p.debias is not None:
-        return _debiased_response(xp, p, residual, z, hidden, positive, mine)
+        return _debiased_response(xp, p, residual, z, (hidden, positive), mine)
     row_lse, kall, more = residual
     e = float(p.smoothing)
     teacher = None
@@ -184,17 +184,12 @@ def _debiased(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
 
 
 def _debiased_response(
-    xp: Namespace,
-    p: Any,
-    residual: tuple[Array, ...],
-    z: Array,
-    hidden: Any,
-    positive: Any,
-    mine: bool,
+    xp: Namespace, p: Any, residual: Any, z: Array, masks: Any, mine: bool
 ) -> Array:
+    """:func:`response` of debiased rows; ``masks``: the tile's hidden and positive cells."""
     a, b, c1, pull, _ = residual
-    beta = p.debias[1]
-    negatives = either(xp, hidden, positive)
+    beta, positive = p.debias[1], masks[1]
+    negatives = either(xp, *masks)
     kept = hide(xp, z, negatives, mine)
     if not beta:
         out = exp_of(xp, kept, safe_shift(xp, a)[:, None], mine or kept is not z)
