@@ -4,6 +4,7 @@ the untiled one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,18 @@ NAMES = ("query", "positive_key", "negative_keys", "temperature")
 
 
 def assert_gradients_match_finite_differences(
-    backend: Any, arrays: tuple[Any, ...], core: dict[str, Any], reference: dict[str, Any], t: float
+    backend: Any,
+    arrays: tuple[Any, ...],
+    core: dict[str, Any],
+    reference: dict[str, Any],
+    t: float,
+    *,
+    loss: Callable[..., Any] = recipe_loss,
 ) -> None:
     """``info_nce_value_and_grad`` of ``arrays`` (NumPy; ``core``: the options, arrays among
-    them already of ``backend``) against finite differences of ``recipe_loss`` with
-    ``reference``, for every input and an array temperature ``t``, rows weighted at random."""
+    them already of ``backend``) against finite differences of ``loss`` (``recipe_loss`` unless
+    given) with ``reference``, for every input and an array temperature ``t``, rows weighted at
+    random."""
     q, k, neg = arrays
     grad_output = np.random.default_rng(3).normal(size=q.shape[0])
     _, grads = infonce_xp.info_nce_value_and_grad(
@@ -33,7 +41,7 @@ def assert_gradients_match_finite_differences(
     )
 
     def value(q: Any, k: Any, neg: Any, t: float) -> float:
-        rows = recipe_loss(q, k, neg, temperature=t, reduction="none", **reference)
+        rows = loss(q, k, neg, temperature=t, reduction="none", **reference)
         return float(rows @ grad_output)
 
     wanted = [

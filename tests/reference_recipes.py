@@ -9,6 +9,8 @@ pytorch-metric-learning, optax, sentence-transformers) in ``test_recipes_referen
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from reference import normalise
@@ -135,6 +137,7 @@ def _direction(
     hardness=None,
     joint=(),
     guide=None,
+    row_loss=None,
 ):
     """Per-anchor losses and pair counts of one direction (anchor i's own positive: keys[i]).
 
@@ -144,6 +147,8 @@ def _direction(
     "key_to_key": against the other keys and the other rows' negatives); ``guide``:
     (margin, strategy, the guide's arrays as ``anchors, keys, same_view, negatives``): a
     candidate whose guide similarity is above the own pair's, less the margin, is dropped.
+    ``row_loss``: replaces ``_row_loss``, called as ``row_loss(i, z, own, same, block, weight,
+    kept)`` (``kept``: the indices of the candidates the guide kept, None without a guide).
     """
     n = len(anchors)
     rows, pairs = np.zeros(n), np.zeros(n, dtype=int)
@@ -152,6 +157,7 @@ def _direction(
     for i in range(n):
         arrays = (anchors, keys, same_view, negatives)
         candidates = _candidates(i, arrays, labels, negative_labels, **common)
+        kept = None
         if guide is not None:
             margin, strategy, guides = guide
             g = np.array(
@@ -159,7 +165,8 @@ def _direction(
             )
             own_g = float(guides[0][i] @ guides[1][i])
             threshold = own_g - (margin if strategy == "absolute" else abs(own_g) * margin)
-            candidates = [c for c, x in zip(candidates, g) if c[2] or not x > threshold]
+            kept = [j for j, (c, x) in enumerate(zip(candidates, g)) if c[2] or not x > threshold]
+            candidates = [candidates[j] for j in kept]
         z = np.array([float(a @ v) / t for a, v, *_ in candidates])
         if hardness is not None:
             boost = [_hard(hardness[0], b, own, mine) for *_, own, _, b, mine in candidates]
@@ -172,7 +179,10 @@ def _direction(
             ]
         )
         block = np.array([c[4] for c in candidates])
-        rows[i], pairs[i] = _row_loss(z, own, same, positives, decoupled, block, weights[i])
+        if row_loss is not None:
+            rows[i], pairs[i] = row_loss(i, z, own, same, block, weights[i], kept)
+        else:
+            rows[i], pairs[i] = _row_loss(z, own, same, positives, decoupled, block, weights[i])
     return rows, pairs
 
 
@@ -199,11 +209,14 @@ def recipe_rows(
     guide_margin=None,
     guide_strategy="absolute",
     guide=None,
+    row_loss=None,
 ):
     """Per-row losses (N,) and the total number of positive pairs, in float64.
 
     With ``symmetric`` each row is the mean of its two directions, and the pair count is the
     mean of theirs, so that ``rows.sum() / pairs`` is (all pairs' terms) / (number of pairs).
+    ``row_loss``: each row's loss from its candidates, ``row_loss(direction, i, z, own, same,
+    block, weight, kept)`` (direction 0 query -> key, 1 key -> query; see ``_direction``).
     """
     q, k = (np.asarray(a, dtype=np.float64) for a in (query, positive_key))
     neg = None if negative_keys is None else np.asarray(negative_keys, dtype=np.float64)
@@ -243,6 +256,7 @@ def recipe_rows(
         hardness=hardness,
         joint=joint_directions,
         guide=forth,
+        row_loss=None if row_loss is None else functools.partial(row_loss, 0),
         **common,
     )
     if not symmetric:
@@ -257,6 +271,7 @@ def recipe_rows(
         None,
         in_batch=True,
         guide=back,
+        row_loss=None if row_loss is None else functools.partial(row_loss, 1),
         **common,
     )
     return (rows + back_rows) / 2, (int(pairs.sum()) + int(back_pairs.sum())) / 2
