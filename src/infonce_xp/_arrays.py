@@ -200,11 +200,13 @@ def _torch_transforms_active() -> bool:
     return not torch_compiling()  # the compiler makes its own choice
 
 
-def subtract_exp(xp: Namespace, x: Array, shift: Array) -> Array:
-    """``exp(x - shift)``, written over ``x`` where the library can (``x`` must be our own)."""
+def subtract_exp(xp: Namespace, x: Array, shift: Array | None) -> Array:
+    """``exp(x - shift)`` (``exp(x)`` if None), written over ``x`` where the library can (``x``
+    must be our own)."""
     if not _may_overwrite(xp, x):
-        return xp.exp(x - shift)
-    x -= shift
+        return xp.exp(x if shift is None else x - shift)
+    if shift is not None:
+        x -= shift
     how = traits(xp).exp_in_place
     if how == "method":
         return x.exp_()

@@ -91,8 +91,9 @@ def subtract_where(xp: Namespace, x: Array, mask: Any, values: Array) -> Array:
 
 
 def exp_of(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
-    """``exp(z - shift)``, over ``z`` if ``mine`` (see :func:`hide`)."""
-    return subtract_exp(xp, z, shift) if mine else xp.exp(z - shift)
+    """``exp(z - shift)``, over ``z`` if ``mine`` (see :func:`hide`), else over one new array
+    (a fresh N x M array costs its pages' faults: one, not two)."""
+    return subtract_exp(xp, z, shift) if mine else subtract_exp(xp, z - shift, None)
 
 
 def lse_update(
