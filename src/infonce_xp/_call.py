@@ -151,7 +151,8 @@ def _check_call(
     if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
     t_array = is_array_api_obj(temperature)
-    everything = named | tags | guides | weights
+    by_role = {k.replace("guide_", f"{role}_", 1): x for k, x in guides.items()}  # by its role
+    everything = named | tags | by_role | weights
     everything |= {"temperature": temperature} if t_array else {}
     if xp is not None and not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
