@@ -89,7 +89,7 @@ def update(
     g = hide(xp, g, hidden, False)
     new = xp.maximum(top, row_max(xp, g))
     shift = safe_shift(xp, new)
-    e = xp.exp(g - shift[:, None])
+    e = exp_of(xp, g, shift[:, None], False)
     rescale = xp.exp(top - shift)
     total = total * rescale + xp.sum(e, axis=-1)
     return (*out, new, total, weighted * rescale + xp.sum(multiply_into(xp, e, z), axis=-1))
