@@ -243,7 +243,6 @@ def _check_call(
         target,
         float(options.margin),
         debias,
-        bool(weights),
     )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
     floats = {k: x for k, x in given.items() if k not in _directions.DATA_NAMES}

@@ -38,20 +38,18 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         xp, p, stats, lambda lse, sums: _second(xp, p, tiles, lse, sums)
     )
     # the logits' last use: each response is written over its tile where the library can
-    r, extra = {}, None
+    # each row's derivative in the scale beyond its logits' (an array where the plan keeps one)
+    extra = None
+    if p.margin is not None or p.debias is not None:
+        extra = _targets.scale_term(xp, p, residual)
+        extra = _rows.zeros(xp, rows.shape[0], rows) if extra is None else extra
+    learned = not isinstance(scale, (int, float))
+    r = {}
     for kind, z, masks in tiles:
         r[kind] = _cells.response(xp, p, residual, z, masks, True)
-        if not isinstance(scale, (int, float)):
-            extra = _add(extra, _cells.scale_rows(xp, p, r[kind], masks))
-    if p.margin is not None or p.debias is not None:  # the plan keeps an array here
-        extra = _add(
-            _add(extra, _targets.scale_term(xp, p, residual)), _rows.zeros(xp, rows.shape[0], rows)
-        )
+        d = _cells.scale_rows(xp, p, r[kind], masks) if learned else None
+        extra = extra if d is None else extra + d
     return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count, extra)
-
-
-def _add(a: Any, b: Any) -> Any:
-    return a if b is None else b if a is None else a + b
 
 
 def _guide(xp: Namespace, kind: str, p: Problem, block: Any) -> Any:

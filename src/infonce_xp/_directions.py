@@ -55,7 +55,6 @@ class Config(NamedTuple):
     # teacher's scale or None: the guide arrays are then a teacher's), or None
     margin: float = 0.0  # the additive margin on the positives' similarities
     debias: tuple[float, float] | None = None  # (debiased_prior, hardness_beta), or None
-    weighted: bool = False  # sample weights are given
 
     def cells(self, anchor: str) -> bool:
         """Whether the rows anchored at ``anchor`` need the cells' rules (:mod:`._cells`)
@@ -293,9 +292,21 @@ def _guides(
     out: dict[str, Any] = {"threshold": similarity - lower}
     if not by_guide:
         return out
-    anchor, parts, paired, _ = _laid_out(xp, d, lambda name: units[g[name]], None)
-    out |= {"guide_anchor": anchor, "guide_paired": paired, "guide_shared": _concat(xp, parts)}
-    return out
+    return out | _companion(xp, d, units, None, 1.0)
+
+
+def _companion(
+    xp: Namespace, d: Direction, units: dict[str, Array], positive: Any, factor: Any
+) -> dict[str, Any]:
+    """A guide's or a teacher's arrays laid out as the direction's (see ``_laid_out``), as a
+    Problem's ``guide_*`` fields; its anchors times ``factor``."""
+    anchor, parts, paired, own = _laid_out(xp, d, lambda name: units[GUIDE_OF[name]], positive)
+    return {
+        "guide_anchor": anchor if factor == 1.0 else anchor * factor,
+        "guide_shared": _concat(xp, parts),
+        "guide_paired": paired,
+        "guide_positive": own,
+    }
 
 
 def problem(
@@ -331,10 +342,8 @@ def problem(
         weight = vmf_weights(xp, units[d.anchor], own_rows, config.decoupled_sigma)
     guides = _guides(xp, config, d, units, scale) if config.guided is not None else {}
     if config.target is not None and config.target[1] is not None:  # a teacher's arrays
-        got = _laid_out(xp, d, lambda name: units[GUIDE_OF[name]], positive_name)
-        # the teacher's anchors times its scale: its products are its logits
-        guides = {"guide_anchor": got[0] * config.target[1], "guide_shared": _concat(xp, got[1])}
-        guides |= {"guide_paired": got[2], "guide_positive": got[3]}
+        # its anchors times its scale: its products are its logits
+        guides = _companion(xp, d, units, positive_name, config.target[1])
     smoothing, teacher = config.target or (0.0, None)
     margin = None if not config.margin else (config.margin * scale, config.margin)
     debias = None if config.debias is None else (*config.debias, -scale)

@@ -282,9 +282,7 @@ def backward(
 
     # each row's derivative in the scale beyond its logits' (margin, debiased clamp): summed
     # over its tiles' responses, with the row's gradient
-    extra = not isinstance(scale, (int, float)) and (
-        p.margin is not None or saved.positive is not None
-    )
+    extra = not isinstance(scale, (int, float)) and (p.margin is not None or p.debias is not None)
     stats = [x for x in (saved.shared, saved.paired, saved.positive) if x is not None]
 
     def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
@@ -293,8 +291,10 @@ def backward(
             residual = residual[:2] + [residual[2][:, j] for j in range(residual[2].shape[-1])]
         weighted_i = anchor_i * weight_i[:, None]
         pulled = xp.zeros_like(anchor_i)
-        more = scale_term(xp, p_i, tuple(residual)) if extra else None
-        more = zeros(xp, anchor_i.shape[0], anchor_i) if more is None else more
+        more = None
+        if extra:
+            more = scale_term(xp, p_i, tuple(residual))
+            more = zeros(xp, anchor_i.shape[0], anchor_i) if more is None else more
         if key_blocks is not None:
 
             def key_block(c: Any, key: tuple[Any, ...]) -> Any:
@@ -313,18 +313,20 @@ def backward(
             more = more if d is None else more + d
             pulled = pulled + pull(kind, r, block)
             outs.append(push(kind, r, weighted_i))
-        return grad_keys, (pulled * weight_i[:, None], more * weight_i, *outs)
+        mores = () if more is None else (more * weight_i,)
+        return grad_keys, (pulled * weight_i[:, None], *mores, *outs)
 
     xs = _row_blocks(xp, p, scaled, chunk, p.anchor, weight, *stats)
     into: tuple[Array, ...] | None = None
     if writes:  # the row blocks' gradients written into their place as they come
         into = tuple(
             xp.zeros_like(blocks(xp, x, chunk))
-            for x in (p.anchor, weight, p.paired, p.positive)
+            for x in (p.anchor, weight if extra else None, p.paired, p.positive)
             if x is not None
         )
     grad_keys, outs = collect(xp, scan, row_block, grad_keys, xs, into, writes)
-    grad_anchor, more, *rest = (unblock(xp, g, n) for g in outs)
+    grad_anchor, *rest = (unblock(xp, g, n) for g in outs)
+    more = rest.pop(0) if extra else None
     grad_shared = None
     if p.shared is not None:
         grad_shared = (
@@ -335,6 +337,6 @@ def backward(
     grad_paired = rest.pop(0) if p.paired is not None else None
     grad_positive = rest.pop(0) if p.positive is not None else None
     grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
-    if extra and grad_scale is not None:  # ``more`` holds scale * grad * derivative per row
+    if more is not None and grad_scale is not None:  # scale * grad * derivative per row
         grad_scale = grad_scale + xp.sum(more) / scale
     return grad_anchor, (grad_shared, grad_paired, grad_positive), grad_scale
