@@ -17,7 +17,7 @@ from ._arrays import (
     result_type,
     torch_compiling,
 )
-from ._checks import check_temperature, describe
+from ._checks import check_bias, check_temperature, describe
 from ._data import (
     check_companions,
     check_labels,
@@ -31,8 +31,9 @@ from ._namespaces import is_numpy_value
 from ._options import Options
 from ._typing import Array, Namespace
 
-_NDIM = {"query": 2, "positive_key": 2, "embeddings": 2}
+_NDIM = {"query": 2, "positive_key": 2, "key": 2, "embeddings": 2}
 _TAGS = (_directions.LABELS, _directions.NEGATIVE_LABELS)  # integer arrays: class ids
+_NOT_ROWS = (_directions.SAMPLE_WEIGHT, _directions.BIAS)
 
 
 class Call(NamedTuple):
@@ -67,6 +68,7 @@ def check_call(
     guide: Any = None,
     teacher: Any = None,
     sample_weight: Any = None,
+    bias: Any = None,
 ) -> Call:
     """Check a call's arrays against ``options``, before any computation.
 
@@ -74,7 +76,8 @@ def check_call(
     construction, so not read); ``xp`` None infers the namespace from the arrays.
     ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
     ``guide`` (or ``teacher``): a guide's (a teacher's) embeddings of the query, positive key
-    (and negatives) rows; ``sample_weight``: the rows' weights.
+    (and negatives) rows; ``sample_weight``: the rows' weights. ``bias`` (not None): the
+    sigmoid loss of ``query`` against ``positive_key`` (named ``key`` in errors), with that bias.
 
     The checks read static facts only, so a call whose facts (the ``options`` object, and the
     name, type, shape, dtype and device of each array) passed before is not checked again: its
@@ -96,10 +99,13 @@ def check_call(
     given |= more
     if sample_weight is not None:
         given[_directions.SAMPLE_WEIGHT] = sample_weight
+    if bias is not None and is_array_api_obj(bias):
+        given[_directions.BIAS] = bias
     key: Any = None
     t = options.temperature if temperature is None else temperature
-    if type(t) in (float, int) and not torch_compiling():
-        key = (options, xp, supervised, t)
+    # a NumPy bias may become a number (see _check_call): checked at every call
+    if type(t) in (float, int) and not torch_compiling() and not is_numpy_value(bias):
+        key = (options, xp, supervised, t, bias if _directions.BIAS not in given else None)
         try:
             for name, x in given.items():
                 key += (name, type(x), x.shape, x.dtype, x.device)
@@ -109,8 +115,10 @@ def check_call(
         if found is not None:
             if sample_weight is not None:  # values, read at every call
                 check_weight_values(found.xp, sample_weight)
+            if bias is not None and _directions.BIAS in given:
+                check_bias(bias)
             return Call(found.xp, given, found.temperature, found.plan, found.options)
-    call = _check_call(options, given, temperature, xp, supervised, role)
+    call = _check_call(options, given, temperature, xp, supervised, role, bias)
     if key is not None:
         if len(_CHECKED) >= 64:
             _CHECKED.clear()
@@ -125,15 +133,20 @@ def _check_call(
     xp: Namespace | None,
     supervised: bool,
     role: str = "",
+    bias: Any = None,
 ) -> Call:
     """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
     if supervised:
         check_references(given)
+    shown = {
+        _directions.QUERY: first,
+        _directions.KEY: "key" if bias is not None else "positive_key",
+    }
     named = {
-        first if k == _directions.QUERY else k: x
+        shown.get(k, k): x
         for k, x in given.items()
-        if k not in _TAGS and k not in _directions.GUIDE_NAMES and k != _directions.SAMPLE_WEIGHT
+        if k not in _TAGS and k not in _directions.GUIDE_NAMES and k not in _NOT_ROWS
     }
     if supervised and _directions.LABELS not in given:
         raise TypeError("labels must be an array of integer class ids, one per row; got None")
@@ -150,10 +163,18 @@ def _check_call(
         temperature = options.temperature
     if is_numpy_value(temperature) and not all(is_numpy_value(x) for x in named.values()):
         temperature = float(temperature)  # a NumPy number is a number to the other libraries
+    if bias is not None:
+        bias = check_bias(bias)
+        if is_numpy_value(bias) and not all(is_numpy_value(x) for x in named.values()):
+            bias = float(bias)  # a NumPy number is a number to the other libraries
+        given.pop(_directions.BIAS, None)
+        if not isinstance(bias, float):
+            given[_directions.BIAS] = bias
     t_array = is_array_api_obj(temperature)
     by_role = {k.replace("guide_", f"{role}_", 1): x for k, x in guides.items()}  # by its role
     everything = named | tags | by_role | weights
     everything |= {"temperature": temperature} if t_array else {}
+    everything |= {"bias": bias} if _directions.BIAS in given else {}
     if xp is not None and not callable(getattr(xp, "asarray", None)):
         raise TypeError(f"xp must be an array namespace (a module) or None; got {describe(xp)}")
     kinds = ", ".join(
@@ -243,9 +264,15 @@ def _check_call(
         target,
         float(options.margin),
         debias,
+        bias is not None,
+        bias if isinstance(bias, float) else None,
     )
+    if bias is not None:  # SigLIP: every key a candidate, the own one and same-class ones positive
+        config = config._replace(
+            mode="in-batch", symmetric=False, positives="supcon", in_batch=True
+        )
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
-    floats = {k: x for k, x in given.items() if k not in _directions.DATA_NAMES}
+    floats = {k: x for k, x in given.items() if k not in _directions.NOT_EMBEDDINGS}
     plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()), floats)
     return Call(xp, given, temperature, plan, options)
 
@@ -266,11 +293,11 @@ def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
         raise ValueError(
             f"{first} must hold at least one row of at least one feature; got shape {(n, dim)}"
         )
-    positive_key = named.get("positive_key")
-    if positive_key is not None and positive_key.shape[0] != n:
+    second = next((k for k in ("positive_key", "key") if k in named), None)
+    if second is not None and named[second].shape[0] != n:
         raise ValueError(
-            "query and positive_key must have the same number of rows; "
-            f"got {n} and {positive_key.shape[0]}"
+            f"query and {second} must have the same number of rows; "
+            f"got {n} and {named[second].shape[0]}"
         )
     for name, x in named.items():
         if x.shape[-1] != dim:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _targets
+from . import _siglip, _targets
 from ._arrays import device, multiply_into, row_dot, subtract_into
 from ._rows import Diagonal, boolean, safe_shift, subtract_where, without, zeros
 from ._rows import count as _count
@@ -94,6 +94,8 @@ class Problem(NamedTuple):
     # times the scale), whose logits give the rows' targets; None: no teacher
     margin: Any = None  # (in logits, as given): the additive margin on the positives; or None
     debias: Any = None  # (tau, beta, -scale): the debiased estimator (see _targets); or None
+    sigmoid: Any = None  # the sigmoid loss's bias (a number or a 0-D array): each cell scored
+    # on its own (see _siglip); None: the log-sum-exp rules above
 
 
 class Saved(NamedTuple):
@@ -243,6 +245,8 @@ def first_pass(
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
     kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
     if ``mine``: see :func:`_hide`)."""
+    if p.sigmoid is not None:
+        return _siglip.update(xp, p, stats, z, masks, mine)
     hidden, positive, part, _, g = masks
     top, total, zsum, count, *extra = stats
     if positive is not None:  # before z is written over
@@ -277,6 +281,9 @@ def second_pass(
 
 def finish_rows(xp: Namespace, p: Problem, stats: tuple[Array, ...]) -> Any:
     """ "own"/"supcon": the loss rows, the row's positive count and the residual statistics."""
+    if p.sigmoid is not None:  # the loss summed cell by cell; the responses need no statistic
+        top, total, _, count = stats
+        return total, count, (top, total)
     if _targets.soft(p) or p.debias is not None:
         return _targets.finish(xp, p, stats)
     top, total, zsum, count = stats
@@ -307,6 +314,8 @@ def response(
 ) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
     (written over ``z`` if ``mine``: see :func:`_hide`)."""
+    if p.sigmoid is not None:
+        return _siglip.score(xp, p, z, masks, mine, True)[1]
     hidden, positive, part, _, g = masks
     if _targets.soft(p) or p.debias is not None:
         return _targets.response(xp, p, residual, z, hidden, positive, g, mine)

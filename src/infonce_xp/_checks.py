@@ -41,6 +41,26 @@ def check_temperature(t: Any, *, sync: bool) -> None:
         raise ValueError(f"temperature must be a finite number > 0; got {shown}")
 
 
+def check_bias(b: Any) -> Any:
+    """The sigmoid loss's bias: a finite real number (returned as a float), or a 0-D real
+    floating array (returned as it is; its value, read where that costs no device
+    synchronisation, must be finite)."""
+    if is_symbolic_number(b):
+        return b
+    if isinstance(b, bool) or not (isinstance(b, (int, float)) or is_array_api_obj(b)):
+        raise TypeError(f"bias must be a real number or a 0-D array; got {describe(b)}")
+    value: Any = b
+    if is_array_api_obj(b):
+        if not array_namespace(b).isdtype(b.dtype, "real floating"):
+            raise TypeError(f"bias must have a real floating dtype; got {describe(b)}")
+        if b.ndim != 0:
+            raise ValueError(f"bias must be a 0-D array (one number); got {describe(b)}")
+        value = number(b, sync=False)
+    if value is not None and not -math.inf < value < math.inf:
+        raise ValueError(f"bias must be finite; got {describe(b)}")
+    return b if is_array_api_obj(b) else float(b)
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """``value`` must be one of ``choices`` (and of its type: ``1`` is not ``True``)."""
     if not any(value is c or (type(value) is type(c) and value == c) for c in choices):

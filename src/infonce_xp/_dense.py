@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _blocks, _cells, _core, _rows, _targets
+from . import _blocks, _cells, _core, _rows, _siglip, _targets
 from ._arrays import diagonal, fill_diagonal, fill_where, multiply_into, subtract_exp, subtract_into
 from ._cells import Problem, Saved
 from ._typing import Array, Namespace
@@ -31,6 +31,8 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         g = _guide(xp, "own", p, p.guide_positive)
         tiles.append(("own", z, _cells.own_cells(xp, p, z, g)))
     tiles = [(kind, _cells.adjust(xp, p, z, masks), masks) for kind, z, masks in tiles]
+    if p.sigmoid is not None:  # cell by cell: each tile's loss and responses in one pass
+        return _scored(xp, p, tiles)
     stats = _cells.start(xp, p, scaled.shape[0], scaled)
     for _, z, masks in tiles:
         stats = _cells.first_pass(xp, p, stats, z, masks)
@@ -64,7 +66,7 @@ def _one_pass(p: Problem) -> bool:
         return False
     if p.decoupled or p.hard is not None or p.unseen or p.threshold is not None:
         return False
-    if p.margin is not None or p.debias is not None or _targets.soft(p):
+    if p.margin is not None or p.debias is not None or _targets.soft(p) or p.sigmoid is not None:
         return False
     return p.positives == "supcon" or (p.positives == "own" and p.own is not None)
 
@@ -122,6 +124,17 @@ def _shared_only(xp: Namespace, p: Problem, scaled: Array) -> tuple[Array, Saved
     return rows, Saved(responses, None, None, count)
 
 
+def _scored(xp: Namespace, p: Problem, tiles: Any) -> tuple[Array, Saved]:
+    """``forward`` for the sigmoid loss (:mod:`._siglip`): the responses written over the
+    logits as the loss is summed."""
+    rows = count = _rows.zeros(xp, tiles[0][1].shape[0], tiles[0][1])
+    r = {}
+    for kind, z, masks in tiles:
+        loss, r[kind] = _siglip.score(xp, p, z, masks, True, True)
+        rows, count = rows + loss, count + _rows.count(xp, masks[1], z)
+    return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count)
+
+
 def _second(xp: Namespace, p: Problem, tiles: Any, lse_negatives: Array, sums: Any) -> Any:
     for _, z, masks in tiles:
         sums = _cells.second_pass(xp, p, lse_negatives, sums, z, masks)
@@ -130,9 +143,10 @@ def _second(xp: Namespace, p: Problem, tiles: Any, lse_negatives: Array, sums: A
 
 def backward(
     xp: Namespace, p: Problem, scale: Any, saved: Saved, grad_rows: Array
-) -> tuple[Array, tuple[Any, ...], Array | None]:
+) -> tuple[Array, tuple[Any, ...], Array | None, Array | None]:
     """Gradients of ``sum(grad_rows * rows)`` for the anchors, the blocks (shared, paired, own;
-    None where absent) and the scale (None when a Python number): two products per block."""
+    None where absent), the scale (None when a Python number) and the sigmoid loss's bias
+    (None unless an array): two products per block."""
     weight = _cells.row_weights(xp, saved.count, grad_rows, scale)
     weighted = p.anchor * weight[:, None]
     pulled = xp.zeros_like(p.anchor)
@@ -143,4 +157,9 @@ def backward(
         grads.append(None if block is None else _blocks.push(kind, r, weighted))
     grad_anchor = pulled * weight[:, None]
     grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
-    return grad_anchor, tuple(grads), _cells.more_scale(xp, saved, grad_rows, grad_scale)
+    grad_bias = None
+    if _siglip.learned(p):  # each row's responses summed, times its gradient
+        sums = [xp.sum(r, axis=-1) for r in saved[:3] if r is not None]
+        grad_bias = xp.sum(_cells.row_weights(xp, saved.count, grad_rows, 1.0) * sum(sums))
+    grad_scale = _cells.more_scale(xp, saved, grad_rows, grad_scale)
+    return grad_anchor, tuple(grads), grad_scale, grad_bias

@@ -29,6 +29,8 @@ GUIDE_NAMES = tuple(GUIDE_OF.values())
 SAMPLE_WEIGHT = "sample_weight"  # (N,): each row's weight in the reduction
 DATA_NAMES = (*LABEL_NAMES, SAMPLE_WEIGHT)  # the arrays that are not embeddings
 CONSTANT_NAMES = DATA_NAMES + GUIDE_NAMES  # the arrays that never get a gradient
+BIAS = "bias"  # the sigmoid loss's bias as a 0-D array (a number is in the Config)
+NOT_EMBEDDINGS = (*DATA_NAMES, BIAS)  # the arrays that are not rows to normalise and score
 
 
 class Config(NamedTuple):
@@ -55,12 +57,15 @@ class Config(NamedTuple):
     # teacher's scale or None: the guide arrays are then a teacher's), or None
     margin: float = 0.0  # the additive margin on the positives' similarities
     debias: tuple[float, float] | None = None  # (debiased_prior, hardness_beta), or None
+    sigmoid: bool = False  # the sigmoid loss: each cell scored on its own (see _siglip)
+    bias: float | None = None  # its bias when a number (None: the array named BIAS)
 
     def cells(self, anchor: str) -> bool:
         """Whether the rows anchored at ``anchor`` need the cells' rules (:mod:`._cells`)
         rather than the one-positive kernel."""
         hardened = self.hardness is not None and anchor == QUERY
         rules = self.labelled or self.decoupled or self.guided or hardened or self.margin
+        rules = rules or self.sigmoid
         return bool(rules or self.target is not None or self.debias is not None)
 
 
@@ -347,6 +352,12 @@ def problem(
     smoothing, teacher = config.target or (0.0, None)
     margin = None if not config.margin else (config.margin * scale, config.margin)
     debias = None if config.debias is None else (*config.debias, -scale)
+    bias = None
+    if config.sigmoid:  # a number, or the array in the compute dtype
+        bias = config.bias
+        if bias is None:
+            bias = labels[BIAS]
+            bias = bias if bias.dtype == anchor.dtype else xp.astype(bias, anchor.dtype)
     return Problem(
         anchor,
         shared,
@@ -371,6 +382,7 @@ def problem(
         teacher=teacher,
         margin=margin,
         debias=debias,
+        sigmoid=bias,
     )
 
 

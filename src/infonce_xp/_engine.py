@@ -17,7 +17,8 @@ from . import _cells, _core, _dense, _stacks, _tiled
 from ._arrays import Scan, as_array, device, traits
 from ._cells import Problem
 from ._directions import (
-    DATA_NAMES,
+    BIAS,
+    NOT_EMBEDDINGS,
     QUERY,
     SAMPLE_WEIGHT,
     Config,
@@ -286,14 +287,14 @@ class Plan:
             grad_rows = grad_rows * weights
         step = _Step(xp, units, residuals.inputs, scale, offset, scan)
         grads: dict[str, Array] = {}
-        grad_scale = None
+        grad_scale = grad_bias = None
         # the cells and tiled executions take one gradient per row (a view)
         wide = grad_rows
         if grad_rows.ndim == 0 and not self._plain_only:
             wide = xp.broadcast_to(grad_rows, (n,))
         for route, kept in zip(self.routes, residuals.saved):
             rows = grad_rows if route.kernel in _PLAIN else wide
-            parts, g_scale = self._backward(step, route, kept, rows, wanted)
+            parts, g_scale, grad_bias = self._backward(step, route, kept, rows, wanted)
             for name, g in parts:
                 if g is not None:
                     grads[name] = g if name not in grads else grads[name] + g
@@ -310,12 +311,14 @@ class Plan:
             # d/dt f(1/t) = -f'(s) s^2
             grad_temperature = as_array(xp, -(grad_scale * scale * scale))
             out["temperature"] = _narrow(xp, grad_temperature, temperature.dtype)
+        if grad_bias is not None and (wanted is None or BIAS in wanted):  # one direction
+            out[BIAS] = _narrow(xp, as_array(xp, grad_bias), residuals.inputs[BIAS].dtype)
         return out
 
     def _backward(
         self, step: _Step, route: Route, kept: Any, grad_rows: Array, wanted: Any
-    ) -> tuple[list[tuple[str, Any]], Any]:
-        """One route's gradients by array name, and its scale gradient."""
+    ) -> tuple[list[tuple[str, Any]], Any, Any]:
+        """One route's gradients by array name, its scale's and its bias's gradients."""
         xp, scale, d = step.xp, step.scale, route.direction
         if route.kernel in _PLAIN:
             (a, b, c), where = self._plain(step, route)
@@ -323,17 +326,17 @@ class Plan:
             names = route.names or ("", "", "")
             wants_c = wanted is None or names[2] in wanted
             *parts, g_scale = _core.backward(xp, a, b, c, scale, kept, grad_rows, where, wants_c)
-            return list(zip(names, parts)), g_scale
+            return list(zip(names, parts)), g_scale, None
         p = self._problem(step, route)
         if route.kernel == "cells":
-            g_anchor, blocks, g_scale = _dense.backward(xp, p, scale, kept, grad_rows)
+            g_anchor, blocks, g_scale, g_bias = _dense.backward(xp, p, scale, kept, grad_rows)
         else:
             chunk = self.config.chunk_size or 1
-            g_anchor, blocks, g_scale = _tiled.backward(
+            g_anchor, blocks, g_scale, g_bias = _tiled.backward(
                 xp, p, scale, chunk, step.loop, kept, grad_rows
             )
         own = p.positive is not None
-        return gradients(xp, d, step.units, g_anchor, blocks, own), g_scale
+        return gradients(xp, d, step.units, g_anchor, blocks, own), g_scale, g_bias
 
     def _problem(self, step: _Step, route: Route) -> Problem:
         """A cells route's arrays; tiled, its own positives are a column of their own."""
@@ -398,7 +401,7 @@ class Plan:
 def _float_names(arrays: dict[str, Array]) -> list[str]:
     """The floating arrays' names in the order of the stacked units (sorted: the same after a
     pytree, as JAX sorts a dict's keys)."""
-    return [k for k in sorted(arrays) if k not in DATA_NAMES]
+    return [k for k in sorted(arrays) if k not in NOT_EMBEDDINGS]
 
 
 def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:

@@ -90,6 +90,15 @@ def subtract_where(xp: Namespace, x: Array, mask: Any, values: Array) -> Array:
     return x - xp.where(mask, column, xp.zeros_like(x))
 
 
+def negate_where(xp: Namespace, x: Array, mask: Any) -> Array:
+    """``where(mask, -x, x)``, a strided write over ``x`` (our own) for a diagonal."""
+    if mask is None:
+        return x
+    if isinstance(mask, Diagonal):
+        return fill_diagonal(xp, x, mask.offset, -diagonal(xp, x, mask.offset))
+    return xp.where(mask, -x, x)
+
+
 def exp_of(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
     """``exp(z - shift)``, over ``z`` if ``mine`` (see :func:`hide`), else over one new array
     (a fresh N x M array costs its pages' faults: one, not two)."""
@@ -143,7 +152,8 @@ def lse(xp: Namespace, top: Array, total: Array, empty: float = 0.0) -> Array:
 
 
 def softplus(xp: Namespace, x: Array) -> Array:
-    return xp.logaddexp(xp.zeros_like(x), x)
+    """``log(1 + e^x)``, against a 0-D zero (no second array of ``x``'s shape)."""
+    return xp.logaddexp(xp.zeros((), dtype=x.dtype, device=device(x)), x)
 
 
 def sigmoid(xp: Namespace, x: Array) -> Array:

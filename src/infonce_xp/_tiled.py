@@ -17,7 +17,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
+from . import _core, _siglip
 from ._arrays import Scan, add_at, device, may_write
 from ._blocks import logits, pull, push
 from ._cells import (
@@ -271,7 +271,7 @@ def backward(
     scan: Scan | None,
     saved: Saved,
     grad_rows: Array,
-) -> tuple[Array, tuple[Any, ...], Array | None]:
+) -> tuple[Array, tuple[Any, ...], Array | None, Array | None]:
     """As :func:`._dense.backward`, rebuilding each tile of responses from the statistics."""
     n, scan = p.anchor.shape[0], scan or python_scan(xp)
     weight = row_weights(xp, saved.count, grad_rows, scale)
@@ -283,6 +283,7 @@ def backward(
     # each row's derivative in the scale beyond its logits' (margin, debiased clamp): summed
     # over its tiles' responses, with the row's gradient
     extra = not isinstance(scale, (int, float)) and (p.margin is not None or p.debias is not None)
+    biased = _siglip.learned(p)  # each row's responses summed: the bias's derivative
     stats = [x for x in (saved.shared, saved.paired, saved.positive) if x is not None]
 
     def row_block(grad_keys: Any, x: tuple[Any, ...]) -> Any:
@@ -295,25 +296,28 @@ def backward(
         if extra:
             more = scale_term(xp, p_i, tuple(residual))
             more = zeros(xp, anchor_i.shape[0], anchor_i) if more is None else more
+        bias = zeros(xp, anchor_i.shape[0], anchor_i) if biased else None
         if key_blocks is not None:
 
             def key_block(c: Any, key: tuple[Any, ...]) -> Any:
                 keys, z, masks = _key_tile(xp, p_i, scaled_i, row0, key)
                 r = response(xp, p_i, tuple(residual), z, masks, mine=True)
                 d = scale_rows(xp, p_i, r, masks) if extra else None
-                return (c[0] + r @ keys, c[1] if d is None else c[1] + d), (r.T @ weighted_i,)
+                b = c[2] if c[2] is None else c[2] + xp.sum(r, axis=-1)
+                return (c[0] + r @ keys, c[1] if d is None else c[1] + d, b), (r.T @ weighted_i,)
 
-            (pulled, more), (grad_keys,) = collect(
-                xp, scan, key_block, (pulled, more), key_blocks, (grad_keys,), writes
+            (pulled, more, bias), (grad_keys,) = collect(
+                xp, scan, key_block, (pulled, more, bias), key_blocks, (grad_keys,), writes
             )
         outs = []
         for kind, block, z, masks in _own_tiles(xp, p_i, scaled_i):
             r = response(xp, p_i, tuple(residual), z, masks, mine=True)
             d = scale_rows(xp, p_i, r, masks) if extra else None
             more = more if d is None else more + d
+            bias = bias if bias is None else bias + xp.sum(r, axis=-1)
             pulled = pulled + pull(kind, r, block)
             outs.append(push(kind, r, weighted_i))
-        mores = () if more is None else (more * weight_i,)
+        mores = tuple(x * weight_i for x in (more, bias) if x is not None)
         return grad_keys, (pulled * weight_i[:, None], *mores, *outs)
 
     xs = _row_blocks(xp, p, scaled, chunk, p.anchor, weight, *stats)
@@ -321,12 +325,13 @@ def backward(
     if writes:  # the row blocks' gradients written into their place as they come
         into = tuple(
             xp.zeros_like(blocks(xp, x, chunk))
-            for x in (p.anchor, weight if extra else None, p.paired, p.positive)
+            for x in (p.anchor, *[weight] * (extra + biased), p.paired, p.positive)
             if x is not None
         )
     grad_keys, outs = collect(xp, scan, row_block, grad_keys, xs, into, writes)
     grad_anchor, *rest = (unblock(xp, g, n) for g in outs)
     more = rest.pop(0) if extra else None
+    bias = rest.pop(0) if biased else None
     grad_shared = None
     if p.shared is not None:
         grad_shared = (
@@ -339,4 +344,5 @@ def backward(
     grad_scale = _core.scale_gradient(xp, p.anchor, grad_anchor, scale)
     if more is not None and grad_scale is not None:  # scale * grad * derivative per row
         grad_scale = grad_scale + xp.sum(more) / scale
-    return grad_anchor, (grad_shared, grad_paired, grad_positive), grad_scale
+    grad_bias = None if bias is None else xp.sum(bias) / scale
+    return grad_anchor, (grad_shared, grad_paired, grad_positive), grad_scale, grad_bias

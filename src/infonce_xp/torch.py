@@ -14,9 +14,10 @@ from ._checks import SUPERVISED, check_supervised_options
 from ._dispatch import evaluate
 from ._docs import option_attributes, with_options, with_supervised_options
 from ._options import Options
+from ._sigmoid_loss import describe_sigmoid, options_of, sigmoid_call
 from ._torch_grad_cache import grad_cache
 
-__all__ = ["AllGather", "InfoNCE", "SupervisedInfoNCE", "all_gather", "grad_cache"]
+__all__ = ["AllGather", "InfoNCE", "SigmoidLoss", "SupervisedInfoNCE", "all_gather", "grad_cache"]
 
 MIN_TEMPERATURE = 0.01  # CLIP's bound on a learned temperature (logit scale <= 100)
 
@@ -248,6 +249,82 @@ class SupervisedInfoNCE(_Loss):
         shown = {"temperature": self.temperature, "reduction": o.reduction}
         shown |= {name: getattr(o, name) for name in SUPERVISED} | self._shown_temperature()
         return self._repr(", ".join(f"{k}={v!r}" for k, v in shown.items()))
+
+
+class SigmoidLoss(_Loss):
+    """:func:`infonce_xp.sigmoid_loss` (SigLIP) as a ``torch.nn.Module``, whose temperature
+    and bias may be learned.
+
+    Parameters
+    ----------
+    temperature : float, default 0.1
+        As in :func:`infonce_xp.sigmoid_loss`; with ``learn_temperature``, the start.
+    bias : float, default -10.0
+        As in :func:`infonce_xp.sigmoid_loss`; with ``learn_bias``, the start.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`infonce_xp.sigmoid_loss`.
+    learn_temperature : bool, default False
+        Keyword-only: learn ``log_inverse_temperature`` (the log of the logit scale) as
+        SigLIP does, from ``log(1 / temperature)`` (``log(10)`` by default), the temperature
+        bounded below by 0.01 as in :class:`InfoNCE`.
+    learn_bias : bool, default False
+        Keyword-only: learn ``bias``, a Parameter, from the value given (-10 by default, as
+        SigLIP starts).
+    normalize, chunk_size, gather, exchange
+        Keyword-only, as in :func:`infonce_xp.sigmoid_loss`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from infonce_xp.torch import SigmoidLoss
+    >>> loss_fn = SigmoidLoss(learn_temperature=True, learn_bias=True)
+    >>> sorted(name for name, _ in loss_fn.named_parameters())
+    ['bias', 'log_inverse_temperature']
+    >>> image = torch.randn(16, 32, requires_grad=True)
+    >>> loss_fn(image, torch.randn(16, 32)).backward()
+    >>> loss_fn.bias.grad is not None and image.grad is not None
+    True
+    """
+
+    def __init__(
+        self,
+        temperature: float | torch.Tensor = 0.1,
+        bias: float | torch.Tensor = -10.0,
+        reduction: str = "mean",
+        *,
+        learn_temperature: bool = False,
+        learn_bias: bool = False,
+        normalize: bool = True,
+        chunk_size: int | None = None,
+        gather: Any = None,
+        exchange: str = "gather",
+    ) -> None:
+        super().__init__()
+        self.options = options_of(temperature, reduction, normalize, chunk_size, gather, exchange)
+        self._set_temperature(temperature, learn_temperature)
+        if not isinstance(learn_bias, bool):
+            raise TypeError(f"learn_bias must be True or False; got {learn_bias!r}")
+        self.learn_bias, self.exchange = learn_bias, exchange
+        if learn_bias:
+            if isinstance(bias, (torch.Tensor, bool)):
+                raise TypeError(f"learn_bias=True needs bias to be a float; got {bias!r}")
+            bias = nn.Parameter(torch.tensor(float(bias)))
+        self.bias = bias  # a Parameter given or made is registered as one
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, *, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        call = sigmoid_call(self.options, query, key, self.bias, labels, None, self._learned())
+        loss: torch.Tensor = evaluate(call)
+        return loss
+
+    def extra_repr(self) -> str:
+        bias = self.bias
+        if isinstance(bias, torch.Tensor):
+            bias = float(f"{float(bias.detach()):.4g}") if self.learn_bias else _Shown("tensor")
+        shown = describe_sigmoid(self.options, bias, **self._shown_temperature())
+        shown = self._repr(shown)
+        return shown + ", learn_bias=True" if self.learn_bias else shown
 
 
 class _AllGatherFunction(torch.autograd.Function):
