@@ -11,7 +11,7 @@ arrays it is given (NumPy, PyTorch, JAX, CuPy, ...) and takes ``chunk_size`` as 
   ``SelfSupervisedLoss``;
 - :mod:`infonce_xp.peers.lightly`: ``NTXentLoss``, ``DCLLoss``, ``DCLWLoss``;
 - :mod:`infonce_xp.peers.optax`: ``ntxent``;
-- :mod:`infonce_xp.peers.open_clip`: ``ClipLoss``;
+- :mod:`infonce_xp.peers.open_clip`: ``ClipLoss``, ``SigLipLoss``;
 - :mod:`infonce_xp.peers.sentence_transformers`: ``MultipleNegativesRankingLoss``,
   ``CachedMultipleNegativesRankingLoss``, ``GISTEmbedLoss``.
 
