@@ -79,6 +79,49 @@ def cases() -> dict[str, tuple[Any, Any, int]]:
             ),
             2,
         )
+    out |= _siglip_cases(rank, world)
+    return out
+
+
+SIGLIP_IMPLS = ("bidir", "shift", "reduce", "gather")
+
+
+def _siglip_cases(rank: int, world: int) -> dict[str, tuple[Any, Any, int]]:
+    """open_clip's SigLipLoss for each dist_impl (its loss.py loaded alone), against our peer
+    class of the same dist_impl, and against sigmoid_loss with each exchange, tiled or not."""
+    from infonce_xp import sigmoid_loss
+    from infonce_xp.peers import open_clip
+    from infonce_xp.torch import all_gather
+    from reference_sigmoid import open_clip_loss_module
+
+    module = open_clip_loss_module()
+    if module is None:
+        return {}
+    out: dict[str, tuple[Any, Any, int]] = {}
+    for impl in SIGLIP_IMPLS:
+        peer = module.SigLipLoss(rank=rank, world_size=world, dist_impl=impl)
+        ours = open_clip.SigLipLoss(rank=rank, world_size=world, dist_impl=impl)
+        out[f"open_clip.SigLipLoss({impl})"] = (
+            lambda i, t, ours=ours: ours(i, t, 7.0, -3.0),
+            lambda i, t, peer=peer: peer(i, t, 7.0, -3.0),
+            2,
+        )
+        for exchange in ("gather", "ring"):
+            for chunk in (None, 2):
+                out[f"sigmoid_loss({exchange}, {chunk}) = SigLipLoss({impl})"] = (
+                    lambda i, t, exchange=exchange, chunk=chunk: sigmoid_loss(
+                        i,
+                        t,
+                        1 / 7.0,
+                        -3.0,
+                        normalize=False,
+                        gather=all_gather,
+                        exchange=exchange,
+                        chunk_size=chunk,
+                    ),
+                    lambda i, t, peer=peer: peer(i, t, 7.0, -3.0),
+                    2,
+                )
     return out
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from _peers_gloo_worker import SIGLIP_IMPLS
 from _subprocess import free_port, run_python
+from reference_sigmoid import open_clip_loss_module
 
 WORKER = Path(__file__).resolve().parent / "_peers_gloo_worker.py"
 CASES = (
@@ -21,6 +23,15 @@ CASES = (
     "lightly.NTXentLoss",
     "lightly.DCLWLoss",
     *(f"open_clip.ClipLoss({a}, {b})" for a in (True, False) for b in (True, False)),
+)
+SIGLIP = (
+    *(f"open_clip.SigLipLoss({impl})" for impl in SIGLIP_IMPLS),
+    *(
+        f"sigmoid_loss({exchange}, {chunk}) = SigLipLoss({impl})"
+        for impl in SIGLIP_IMPLS
+        for exchange in ("gather", "ring")
+        for chunk in (None, 2)
+    ),
 )
 
 pytestmark = pytest.mark.backends("torch")
@@ -47,8 +58,10 @@ def reports(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return [json.loads((directory / f"peers-rank{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASES + SIGLIP)
 def test_each_rank_is_the_peer(reports, name):
+    if name in SIGLIP and open_clip_loss_module() is None:
+        pytest.skip("open_clip's loss.py is not installed (pip install --no-deps open-clip-torch)")
     values = []
     for rank, report in enumerate(reports):
         result = report[name]

@@ -29,7 +29,7 @@ from ._data import (
 from ._engine import Plan
 from ._namespaces import is_numpy_value
 from ._options import Options
-from ._typing import Array, Namespace
+from ._typing import Array, Namespace, RingGather
 
 _NDIM = {"query": 2, "positive_key": 2, "key": 2, "embeddings": 2}
 _TAGS = (_directions.LABELS, _directions.NEGATIVE_LABELS)  # integer arrays: class ids
@@ -69,6 +69,7 @@ def check_call(
     teacher: Any = None,
     sample_weight: Any = None,
     bias: Any = None,
+    ring: bool = False,
 ) -> Call:
     """Check a call's arrays against ``options``, before any computation.
 
@@ -77,7 +78,8 @@ def check_call(
     ``supervised``: one set of rows, ``query`` (named ``embeddings`` in errors), and its labels.
     ``guide`` (or ``teacher``): a guide's (a teacher's) embeddings of the query, positive key
     (and negatives) rows; ``sample_weight``: the rows' weights. ``bias`` (not None): the
-    sigmoid loss of ``query`` against ``positive_key`` (named ``key`` in errors), with that bias.
+    sigmoid loss of ``query`` against ``positive_key`` (named ``key`` in errors), with that bias;
+    ``ring``: its keys passed round the workers by ``options.gather`` (``exchange="ring"``).
 
     The checks read static facts only, so a call whose facts (the ``options`` object, and the
     name, type, shape, dtype and device of each array) passed before is not checked again: its
@@ -105,7 +107,7 @@ def check_call(
     t = options.temperature if temperature is None else temperature
     # a NumPy bias may become a number (see _check_call): checked at every call
     if type(t) in (float, int) and not torch_compiling() and not is_numpy_value(bias):
-        key = (options, xp, supervised, t, bias if _directions.BIAS not in given else None)
+        key = (options, xp, supervised, t, bias if _directions.BIAS not in given else None, ring)
         try:
             for name, x in given.items():
                 key += (name, type(x), x.shape, x.dtype, x.device)
@@ -118,7 +120,7 @@ def check_call(
             if bias is not None and _directions.BIAS in given:
                 check_bias(bias)
             return Call(found.xp, given, found.temperature, found.plan, found.options)
-    call = _check_call(options, given, temperature, xp, supervised, role, bias)
+    call = _check_call(options, given, temperature, xp, supervised, role, bias, ring)
     if key is not None:
         if len(_CHECKED) >= 64:
             _CHECKED.clear()
@@ -134,6 +136,7 @@ def _check_call(
     supervised: bool,
     role: str = "",
     bias: Any = None,
+    ring: bool = False,
 ) -> Call:
     """The checks of ``check_call``, of the arrays by name as a ``Call`` holds them."""
     first = "embeddings" if supervised else "query"
@@ -271,10 +274,25 @@ def _check_call(
         config = config._replace(
             mode="in-batch", symmetric=False, positives="supcon", in_batch=True
         )
+    if ring:
+        _check_ring(options.gather)
+        config = config._replace(gathered=False, ring=True)
     empty = negative_keys is not None and negative_keys.shape[-2] == 0
     floats = {k: x for k, x in given.items() if k not in _directions.NOT_EMBEDDINGS}
-    plan = Plan(xp, config, empty, options.reduction, result_type(xp, *named.values()), floats)
+    out_dtype = result_type(xp, *named.values())
+    ring_gather = options.gather if ring else None
+    plan = Plan(xp, config, empty, options.reduction, out_dtype, floats, ring_gather)
     return Call(xp, given, temperature, plan, options)
+
+
+def _check_ring(gather: Any) -> None:
+    """``exchange="ring"`` needs a gather that can pass arrays round the workers."""
+    if not isinstance(gather, RingGather):
+        raise TypeError(
+            'exchange="ring" passes the keys round the workers through gather, which must be '
+            "infonce_xp.torch.all_gather() or infonce_xp.jax.all_gather(axis_name) (an object "
+            f"with shift(x) and size() methods); got gather={describe(gather)}"
+        )
 
 
 def _check_arrays(xp: Namespace, named: dict[str, Array], mode: str) -> None:
@@ -316,7 +334,7 @@ def gathered(call: Call) -> tuple[dict[str, Array], Any]:
     """The call's arrays plus, with ``gather``, every worker's candidates (keys, queries,
     unpaired negatives) and their labels; and this worker's row offset among them."""
     gather = call.options.gather
-    if gather is None:
+    if gather is None or call.plan.config.ring:  # the ring passes the keys itself
         return call.arrays, 0
     arrays = dict(call.arrays)
     config, n = call.plan.config, call.arrays[_directions.QUERY].shape[0]

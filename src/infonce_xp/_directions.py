@@ -59,6 +59,7 @@ class Config(NamedTuple):
     debias: tuple[float, float] | None = None  # (debiased_prior, hardness_beta), or None
     sigmoid: bool = False  # the sigmoid loss: each cell scored on its own (see _siglip)
     bias: float | None = None  # its bias when a number (None: the array named BIAS)
+    ring: bool = False  # the keys passed round the workers (not gathered; see _ring)
 
     def cells(self, anchor: str) -> bool:
         """Whether the rows anchored at ``anchor`` need the cells' rules (:mod:`._cells`)

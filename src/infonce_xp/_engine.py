@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _cells, _core, _dense, _stacks, _tiled
+from . import _cells, _core, _dense, _ring, _stacks, _tiled
 from ._arrays import Scan, as_array, device, traits
 from ._cells import Problem
 from ._directions import (
@@ -85,6 +85,7 @@ class Plan:
         "_layout",
         "_names",
         "_plain_only",
+        "_ring",
         "config",
         "dtype",
         "out_dtype",
@@ -100,11 +101,14 @@ class Plan:
         reduction: str,
         out_dtype: Any,
         floats: dict[str, Array],
+        ring: Any = None,
     ) -> None:
         """``empty``: the explicit negatives have no row (tiles then gain nothing);
         ``out_dtype``: the floating inputs' promoted dtype, that of the loss; ``floats``: the
-        call's floating arrays by name, whose shapes and dtypes (not values) the plan reads."""
+        call's floating arrays by name, whose shapes and dtypes (not values) the plan reads;
+        ``ring``: the gather whose ``shift`` passes the keys round (``exchange="ring"``)."""
         self.config, self.reduction, self.out_dtype = config, reduction, out_dtype
+        self._ring = ring
         # the compute dtype: at least float32 (half-precision inputs are upcast for the logits
         # and the log-sum-exp)
         self.dtype = out_dtype if xp.finfo(out_dtype).bits >= 32 else xp.float32
@@ -120,11 +124,12 @@ class Plan:
             if names and (config.chunk_size is None or (empty and d.anchor == QUERY)):
                 kernel = "fused" if fused else "plain"
                 routes.append(Route(d, kernel, (True, True, True), names))
-            elif config.chunk_size is None:
+            elif config.chunk_size is None and ring is None:
                 kept = (bool(d.shared), d.paired is not None, d.positive is not None, True, extra)
                 routes.append(Route(d, "cells", kept))
             else:
-                routes.append(Route(d, "tiled", (True, True, more, True, False)))
+                kernel = "tiled" if ring is None else "ring"
+                routes.append(Route(d, kernel, (True, True, more, True, False)))
         self.routes = tuple(routes)
         self._kept = sum(sum(route.kept) for route in routes)  # arrays the routes keep
         self._plain_only = all(route.kernel in _PLAIN for route in routes)
@@ -138,7 +143,7 @@ class Plan:
                 self._layout = _stacks.layout(shapes, fusing)
         kernels = tuple(r.kernel for r in routes)
         shaped = (self._cast, self._names, self._layout)  # what the arrays' facts decided
-        self._key = (config, reduction, str(out_dtype), kernels, shaped)
+        self._key = (config, reduction, str(out_dtype), kernels, shaped, ring)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._key == other._key
@@ -197,7 +202,10 @@ class Plan:
         p = self._problem(step, route)
         if route.kernel == "cells":
             return _dense.forward(xp, p, scale)
-        return _tiled.forward(xp, p, scale, self.config.chunk_size or 1, step.loop)
+        chunk = self._chunk(p)
+        if route.kernel == "ring":
+            return _ring.forward(xp, p, scale, chunk, step.loop, self._ring)
+        return _tiled.forward(xp, p, scale, chunk, step.loop)
 
     def _counts(self, xp: Namespace, saved: list[Any]) -> Array | None:
         """Each row's weight in a mean, or None for 1 each: its number of positive pairs with
@@ -331,9 +339,10 @@ class Plan:
         if route.kernel == "cells":
             g_anchor, blocks, g_scale, g_bias = _dense.backward(xp, p, scale, kept, grad_rows)
         else:
-            chunk = self.config.chunk_size or 1
-            g_anchor, blocks, g_scale, g_bias = _tiled.backward(
-                xp, p, scale, chunk, step.loop, kept, grad_rows
+            execution = _tiled.backward if route.kernel == "tiled" else _ring.backward
+            more = () if route.kernel == "tiled" else (self._ring,)
+            g_anchor, blocks, g_scale, g_bias = execution(  # type: ignore[operator]
+                xp, p, scale, self._chunk(p), step.loop, kept, grad_rows, *more
             )
         own = p.positive is not None
         return gradients(xp, d, step.units, g_anchor, blocks, own), g_scale, g_bias
@@ -343,6 +352,10 @@ class Plan:
         apart = route.kernel == "tiled"
         d, config = route.direction, self.config
         return problem(step.xp, config, d, step.units, step.arrays, step.offset, apart, step.scale)
+
+    def _chunk(self, p: Problem) -> int:
+        """The tile: ``chunk_size``, or (the ring without it) a worker's rows and keys whole."""
+        return self.config.chunk_size or p.anchor.shape[0]
 
     @staticmethod
     def _plain(step: _Step, route: Route) -> tuple[tuple[Array, ...], Any]:

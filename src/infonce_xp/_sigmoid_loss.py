@@ -11,7 +11,7 @@ from ._dispatch import adapter_for, evaluate
 from ._options import Options
 from ._typing import Array, Namespace, Reduction
 
-EXCHANGES = ("gather",)
+EXCHANGES = ("gather", "ring")
 
 
 class SigmoidGradients(NamedTuple):
@@ -46,12 +46,16 @@ def sigmoid_call(
     bias: Any,
     labels: Any,
     xp: Any,
+    exchange: str,
     temperature: Any = None,
 ) -> Call:
     """The checked call of a sigmoid loss (``temperature``: a module's learned one, or None)."""
     if bias is None:
         raise TypeError("bias must be a real number or a 0-D array; got None")
-    return check_call(options, query, key, labels=labels, xp=xp, bias=bias, temperature=temperature)
+    ring = exchange == "ring" and options.gather is not None
+    return check_call(
+        options, query, key, labels=labels, xp=xp, bias=bias, temperature=temperature, ring=ring
+    )
 
 
 def sigmoid_loss(
@@ -139,7 +143,7 @@ def sigmoid_loss(
     (32,)
     """
     opts = options_of(temperature, reduction, normalize, chunk_size, gather, exchange, True)
-    return evaluate(sigmoid_call(opts, query, key, bias, labels, xp))
+    return evaluate(sigmoid_call(opts, query, key, bias, labels, xp, exchange))
 
 
 def sigmoid_loss_value_and_grad(
@@ -187,7 +191,7 @@ def sigmoid_loss_value_and_grad(
     ((8, 16), ())
     """
     opts = options_of(temperature, reduction, normalize, chunk_size, gather, exchange, True)
-    call = sigmoid_call(opts, query, key, bias, labels, xp)
+    call = sigmoid_call(opts, query, key, bias, labels, xp, exchange)
     if grad_output is not None:
         n: int = call.arrays["query"].shape[0]
         check_grad_output(call, grad_output, (n,) if opts.reduction == "none" else ())
@@ -245,7 +249,8 @@ class SigmoidLoss:
         return self.options.temperature
 
     def __call__(self, query: Array, key: Array, *, labels: Array | None = None) -> Array:
-        return evaluate(sigmoid_call(self.options, query, key, self.bias, labels, None))
+        call = sigmoid_call(self.options, query, key, self.bias, labels, None, self.exchange)
+        return evaluate(call)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe_sigmoid(self.options, self.bias)})"

@@ -34,3 +34,15 @@ class ScatteringGather(Gather, Protocol):
     """
 
     def scatter(self, grad: Array, /) -> Array: ...
+
+
+@runtime_checkable
+class RingGather(Gather, Protocol):
+    """A :class:`Gather` that can also pass arrays round the ring of workers, for
+    ``exchange="ring"``: ``shift(x)`` sends ``x`` to the next worker and returns the previous
+    worker's (no gradient: the engine sends gradients itself); ``size()`` is the number of
+    workers, a Python int."""
+
+    def shift(self, x: Array, /) -> Array: ...
+
+    def size(self) -> int: ...

@@ -17,7 +17,8 @@ class AllGather:
     """Differentiable all-gather over a named mapped axis, for ``info_nce(..., gather=...)``.
 
     For use inside ``jax.shard_map`` or ``jax.pmap``; its transpose (``psum_scatter``) returns
-    to each device the sum of the gradients of its rows over all devices.
+    to each device the sum of the gradients of its rows over all devices. ``shift`` passes
+    arrays round the ring of devices instead (``sigmoid_loss(..., exchange="ring")``).
     """
 
     axis_name: Any
@@ -34,6 +35,19 @@ class AllGather:
             return jax.lax.axis_index(self.axis_name)
         except NameError as err:
             raise ValueError(self._unbound()) from err
+
+    def size(self) -> int:
+        """The number of devices along the axis."""
+        try:
+            return int(jax.lax.axis_size(self.axis_name))
+        except NameError as err:
+            raise ValueError(self._unbound()) from err
+
+    def shift(self, x: Any) -> Any:
+        """``x`` sent to the next device along the axis, the previous device's received
+        (``lax.ppermute``), for ``exchange="ring"``."""
+        n = self.size()
+        return jax.lax.ppermute(x, self.axis_name, [(i, (i + 1) % n) for i in range(n)])
 
     def _unbound(self) -> str:
         return (

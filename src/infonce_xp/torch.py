@@ -314,7 +314,8 @@ class SigmoidLoss(_Loss):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, *, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        call = sigmoid_call(self.options, query, key, self.bias, labels, None, self._learned())
+        bias, exchange = self.bias, self.exchange
+        call = sigmoid_call(self.options, query, key, bias, labels, None, exchange, self._learned())
         loss: torch.Tensor = evaluate(call)
         return loss
 
@@ -377,6 +378,9 @@ class AllGather:
     --------
     >>> from infonce_xp.torch import AllGather, InfoNCE, all_gather
     >>> loss_fn = InfoNCE(gather=all_gather)  # or AllGather(group) for a sub-group
+
+    ``shift`` passes tensors round the ring of workers instead, for
+    ``sigmoid_loss(..., gather=all_gather, exchange="ring")``.
     """
 
     def __init__(self, group: Any = None, backward: str = "sum") -> None:
@@ -400,6 +404,29 @@ class AllGather:
         """This worker's block index in the gathered tensor."""
         self._check()
         return int(dist.get_rank(self.group))
+
+    def size(self) -> int:
+        """The number of workers."""
+        self._check()
+        return int(dist.get_world_size(self.group))
+
+    def shift(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Send ``tensor`` to the next worker of the ring and return the previous worker's (of
+        the same shape; no gradient): one batched point-to-point send and receive, for
+        ``exchange="ring"``, whose gradients always follow the "sum" convention."""
+        self._check()
+        world, rank = self.size(), self.rank()
+        peers = [(rank + 1) % world, (rank - 1) % world]
+        if self.group is not None:
+            peers = [dist.get_global_rank(self.group, peer) for peer in peers]
+        out = torch.empty_like(tensor)
+        ops = [
+            dist.P2POp(dist.isend, tensor.contiguous(), peers[0], group=self.group),
+            dist.P2POp(dist.irecv, out, peers[1], group=self.group),
+        ]
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+        return out
 
     def __repr__(self) -> str:
         shown = [] if self.group is None else [f"group={self.group!r}"]

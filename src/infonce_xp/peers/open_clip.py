@@ -174,7 +174,9 @@ class SigLipLoss:
         their gradients summed back to their process), as in open_clip.
     dist_impl : {"bidir", "shift", "reduce", "gather"}, optional
         How open_clip passes the texts around (None: "bidir"). Each gives the same loss and
-        gradients; here the texts arrive by one all-gather whichever is named.
+        gradients. Here "bidir" and "shift" pass them round the ring of processes
+        (``exchange="ring"``: no process holds every text at once), "reduce" and "gather"
+        gather them all at once (``exchange="gather"``).
     chunk_size : int, optional
         Keyword-only: compute in tiles of this many rows (see :func:`infonce_xp.sigmoid_loss`).
 
@@ -222,6 +224,7 @@ class SigLipLoss:
 
             gather = AllGather(backward="sum")
             _check_world(gather, self.rank, self.world_size)
+        exchange = "ring" if self.dist_impl in ("bidir", "shift") else "gather"
         loss = sigmoid_loss(
             image_features,
             text_features,
@@ -230,6 +233,7 @@ class SigLipLoss:
             normalize=False,
             chunk_size=self.chunk_size,
             gather=gather,
+            exchange=exchange,
         )
         return {"contrastive_loss": loss} if output_dict else loss
 
