@@ -91,7 +91,7 @@ def _siglip_cases(rank: int, world: int) -> dict[str, tuple[Any, Any, int]]:
     class of the same dist_impl, and against sigmoid_loss with each exchange, tiled or not."""
     from infonce_xp import sigmoid_loss
     from infonce_xp.peers import open_clip
-    from infonce_xp.torch import all_gather
+    from infonce_xp.torch import AllGather, all_gather
     from reference_sigmoid import open_clip_loss_module
 
     module = open_clip_loss_module()
@@ -122,6 +122,16 @@ def _siglip_cases(rank: int, world: int) -> dict[str, tuple[Any, Any, int]]:
                     lambda i, t, peer=peer: peer(i, t, 7.0, -3.0),
                     2,
                 )
+
+    class RingOnly(AllGather):  # the ring must pass the keys round, never gather them all
+        def __call__(self, tensor: Any) -> Any:
+            raise AssertionError("exchange='ring' gathered every worker's keys")
+
+    out["sigmoid_loss(ring) never gathers"] = (
+        lambda i, t: sigmoid_loss(i, t, 0.2, -1.0, gather=RingOnly(), exchange="ring"),
+        lambda i, t: sigmoid_loss(i, t, 0.2, -1.0, gather=all_gather),
+        2,
+    )
     return out
 
 
