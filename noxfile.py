@@ -23,6 +23,9 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 # several-GB CUDA build. Override with INFONCE_TORCH="torch==X.Y" elsewhere.
 TORCH = os.environ.get("INFONCE_TORCH", "torch==2.13.0")
 JAX = os.environ.get("INFONCE_JAX", "jax")
+# open_clip's loss.py, the oracle of the sigmoid loss (tests/reference_sigmoid.py), is loaded
+# alone from a pure-python wheel installed without its dependencies (it imports only torch)
+OPEN_CLIP = "open-clip-torch==3.3.0"
 BACKEND_PACKAGES = {
     "numpy": [],
     "array_api_strict": [],
@@ -52,6 +55,7 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install(TORCH, *BACKEND_PACKAGES[backend], *group("test"))
     session.install("-e", ".", "--no-deps")
     session.install("array-api-compat")
+    session.install("--no-deps", OPEN_CLIP)
     args = session.posargs or []
     session.run(
         "pytest",
@@ -87,4 +91,5 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against the seed and the bare matrix product (see benchmarks/README.md)."""
     session.install(TORCH, JAX, *group("bench"), "-e", ".")
+    session.install("--no-deps", OPEN_CLIP)  # the sigmoid section's peer
     session.run("python", "benchmarks/run.py", *session.posargs)

@@ -276,11 +276,12 @@ def main() -> None:
     from _worker_peers import JOBS as PEERS_JOBS
     from _worker_percall import JOBS as PERCALL_JOBS
     from _worker_recipes import JOBS as RECIPES_JOBS
+    from _worker_sigmoid import JOBS as SIGMOID_JOBS
     from _worker_targets import JOBS as TARGETS_JOBS
 
     spec = json.loads(sys.argv[1])
     THREADS = spec.get("threads")
-    jobs = {**JOBS, **PERCALL_JOBS, **RECIPES_JOBS, **PEERS_JOBS, **TARGETS_JOBS}
+    jobs = {**JOBS, **PERCALL_JOBS, **RECIPES_JOBS, **PEERS_JOBS, **TARGETS_JOBS, **SIGMOID_JOBS}
     result = jobs[spec["job"]](spec)
     print(RESULT + json.dumps(result), flush=True)
 

@@ -64,6 +64,8 @@ TARGET_OPTIONS = [
     "debiased_prior",
     "hardness_beta",
 ]
+# infonce_xp's sigmoid-loss calls, each timed and tiled against open_clip's SigLipLoss
+SIGMOID_CALLS = ["SigLipLoss", "SigmoidLoss"]
 
 GOALS: list[Goal] = [
     # PyTorch CPU forward+backward time; the floor is the bare q @ k.T and its backward.
@@ -122,6 +124,24 @@ GOALS: list[Goal] = [
             percent=True,
         )
         for name in TARGET_OPTIONS
+    ),
+    # The sigmoid-loss issue (24): faster than open_clip's SigLipLoss, and tiled in a small part
+    # of its dense memory.
+    *(
+        Goal("sigmoid", case(n, d), f"time {name} / open_clip", 0.9)
+        for n, d in ((4096, 512), (8192, 256))
+        for name in SIGMOID_CALLS
+    ),
+    *(
+        Goal(
+            "sigmoid",
+            case(32768, 128),
+            f"tiled {name} peak / open_clip dense peak",
+            0.05,
+            strict=True,
+            percent=True,
+        )
+        for name in SIGMOID_CALLS
     ),
 ]
 

@@ -24,6 +24,7 @@ import peers
 import percall
 import recipes
 import report
+import sigmoid
 import targets
 import tiled
 import torch_time
@@ -39,6 +40,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "recipes": recipes.run,
     "peers": peers.run,
     "targets": targets.run,
+    "sigmoid": sigmoid.run,
 }
 SECTIONS = tuple(RUNNERS)
 

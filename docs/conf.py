@@ -57,6 +57,8 @@ GENERATED.mkdir(exist_ok=True)
 figures.main(GENERATED / "negatives.png")
 figures.recipes(GENERATED / "recipes.png")
 figures.targets(GENERATED / "targets.png")
+figures.sigmoid(GENERATED / "sigmoid.png")
+figures.ring(GENERATED / "ring.png")
 loss_graph.main(GENERATED / "loss_graph.png")
 
 

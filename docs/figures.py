@@ -1,8 +1,10 @@
 """Draw which (query, key) pairs are positives and negatives (the negative modes and the
-recipes), and how the soft-target options reshape one row's targets.
+recipes), how the soft-target options reshape one row's targets, which cells the sigmoid loss
+scores next to InfoNCE, and how the ring passes key blocks between workers.
 
-Run by ``conf.py`` at build time; ``python docs/figures.py OUT.png [RECIPES.png [TARGETS.png]]``
-draws them by hand.
+Run by ``conf.py`` at build time;
+``python docs/figures.py OUT.png [RECIPES.png [TARGETS.png [SIGMOID.png [RING.png]]]]`` draws
+them by hand.
 """
 
 from __future__ import annotations
@@ -220,7 +222,127 @@ def targets(out: Path) -> None:
     plt.close(fig)
 
 
+def sigmoid_panel(ax: plt.Axes, loss: str, title: str, subtitle: str) -> None:
+    """One N x N grid of query i against key j: InfoNCE's rows (one softmax each, framed) or
+    the sigmoid loss's cells (each its own binary term, signed +1 or -1)."""
+    for i in range(N):
+        for j in range(N):
+            positive = i == j or (loss == "labels" and CLASSES[i] == CLASSES[j])
+            color = (SUPCON if i != j else POSITIVE) if positive else NEGATIVE
+            sign = "$+1$" if positive else "$-1$"
+            text = f"$k_{j + 1}$" if loss == "infonce" else sign
+            ax.add_patch(plt.Rectangle((j, i), 0.94, 0.94, color=color, alpha=0.85))
+            ax.text(j + 0.47, i + 0.47, text, ha="center", va="center", color="white", fontsize=12)
+        if loss == "infonce":  # one softmax over the whole row
+            ax.add_patch(
+                plt.Rectangle(
+                    (-0.06, i - 0.06), N + 0.06, 1.06, fill=False, edgecolor="black", linewidth=1.2
+                )
+            )
+    ax.set_xlim(-0.15, N + 0.05)
+    ax.set_ylim(N + 0.05, -0.15)
+    ax.set_xticks([])
+    labels = [
+        f"$q_{i + 1}$ ({CLASSES[i]})" if loss == "labels" else f"$q_{i + 1}$" for i in range(N)
+    ]
+    ax.set_yticks([i + 0.47 for i in range(N)], labels)
+    ax.tick_params(length=0, labelsize=11)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(subtitle, fontsize=9.5)
+
+
+def sigmoid(out: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2), layout="constrained")
+    sigmoid_panel(axes[0], "infonce", "InfoNCE: a softmax per row", "target: the diagonal")
+    sigmoid_panel(axes[1], "siglip", "sigmoid loss: a term per cell", "+1 on the diagonal")
+    sigmoid_panel(axes[2], "labels", f"sigmoid loss, labels={CLASSES}", "+1 for the same label")
+    fig.legend(
+        handles=[
+            Patch(facecolor="white", edgecolor="black", label="one softmax (InfoNCE)"),
+            Patch(color=POSITIVE, label="positive"),
+            Patch(color=SUPCON, label="same label: positive"),
+            Patch(color=NEGATIVE, label="negative"),
+        ],
+        loc="outside lower center",
+        ncol=4,
+        frameon=False,
+    )
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+W = 4  # workers in the ring figure
+STEPS = ["#3d5a80", "#98c1d9", "#e9c46a", "#6d597a"]  # the shift at which a key block is met
+
+
+def ring(out: Path) -> None:
+    """Left: the workers on a ring, each holding its queries and, at shift s, the key block of
+    worker r - s. Right: which key block each worker meets at which shift."""
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(10, 4.4), layout="constrained", width_ratios=[1, 1]
+    )
+    angles = np.pi / 2 - 2 * np.pi * np.arange(W) / W  # worker 0 on top, clockwise
+    xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    for r in range(W):
+        x, y = xy[r]
+        left.add_patch(plt.Circle((x, y), 0.3, color="#f2f2f2", ec="black", linewidth=1))
+        left.text(x, y + 0.08, f"worker {r}", ha="center", va="center", fontsize=10)
+        left.text(x, y - 0.1, f"$Q_{r}$, $K_{r}$", ha="center", va="center", fontsize=11)
+        a, b = xy[r], xy[(r + 1) % W]  # the key block goes from r to r + 1
+        start, end = (
+            a + 0.38 * (b - a) / np.linalg.norm(b - a),
+            b - 0.38 * (b - a) / np.linalg.norm(b - a),
+        )
+        left.annotate(
+            "",
+            xy=end,
+            xytext=start,
+            arrowprops={"arrowstyle": "-|>", "color": "black", "connectionstyle": "arc3,rad=-0.25"},
+        )
+    left.text(
+        0, 0, "keys move on;\ngradients come\nback with them", ha="center", va="center", fontsize=9
+    )
+    left.set_xlim(-1.45, 1.45)
+    left.set_ylim(-1.45, 1.45)
+    left.set_aspect("equal")
+    left.axis("off")
+    left.set_title(f"{W} workers, {W - 1} shifts", fontsize=11)
+
+    for r in range(W):
+        for c in range(W):
+            s = (r - c) % W  # worker r holds key block c after s shifts
+            right.add_patch(plt.Rectangle((c, r), 0.94, 0.94, color=STEPS[s], alpha=0.9))
+            right.text(
+                c + 0.47, r + 0.47, f"{s}", ha="center", va="center", color="white", fontsize=12
+            )
+    right.set_xlim(-0.1, W)
+    right.set_ylim(W, -0.1)
+    right.set_xticks([c + 0.47 for c in range(W)], [f"$K_{c}$" for c in range(W)])
+    right.set_yticks([r + 0.47 for r in range(W)], [f"$Q_{r}$" for r in range(W)])
+    right.tick_params(length=0, labelsize=11)
+    for side in right.spines.values():
+        side.set_visible(False)
+    right.set_aspect("equal")
+    right.set_title("the shift at which $Q_r$ meets $K_c$", fontsize=11)
+    fig.legend(
+        handles=[
+            Patch(color=color, label="own block" if s == 0 else f"shift {s}")
+            for s, color in enumerate(STEPS)
+        ],
+        loc="outside lower center",
+        ncol=W,
+        frameon=False,
+    )
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "negatives.png"))
     recipes(Path(sys.argv[2] if len(sys.argv) > 2 else "recipes.png"))
     targets(Path(sys.argv[3] if len(sys.argv) > 3 else "targets.png"))
+    sigmoid(Path(sys.argv[4] if len(sys.argv) > 4 else "sigmoid.png"))
+    ring(Path(sys.argv[5] if len(sys.argv) > 5 else "ring.png"))

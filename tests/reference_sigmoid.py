@@ -90,8 +90,7 @@ def require_open_clip() -> ModuleType:
     module = open_clip_loss_module()
     if module is None:
         pytest.skip(
-            f"open_clip's loss.py is not available: pip install --no-deps {OPEN_CLIP}"
-            " (and torch)"
+            f"open_clip's loss.py is not available: pip install --no-deps {OPEN_CLIP} (and torch)"
         )
     return module
 

@@ -31,6 +31,7 @@ def test_quick_benchmark_runs_and_prints_tables(tmp_path: Path) -> None:
         "Tiled",
         "Peers",
         "Targets beyond one-hot",
+        "Sigmoid loss (SigLIP) against open_clip",
     ):
         assert title in out
     for title in ("Per-call cost", "Kernels per forward + backward", "JAX eager", "value and grad"):

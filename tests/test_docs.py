@@ -119,6 +119,14 @@ def block_backends(block: Block) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
 def why_skip(block: Block, backend: str = "all") -> str | None:
     """The reason not to run a block here, or None to run it."""
     if "skip-test" in block.flags:
@@ -133,6 +141,9 @@ def why_skip(block: Block, backend: str = "all") -> str | None:
     for name in imported_modules(block):
         if name not in sys.stdlib_module_names and importlib.util.find_spec(name) is None:
             return f"needs {name}, which is not installed"
+        if name not in sys.stdlib_module_names and not _importable(name):
+            # e.g. open-clip-torch, installed with --no-deps for its loss.py alone
+            return f"needs {name}, which is installed without what it imports"
     if "gpu" in block.flags and not names:
         return "needs a GPU visible to an array library"
     return None

@@ -47,7 +47,7 @@ def check_bias(b: Any) -> Any:
     synchronisation, must be finite)."""
     if is_symbolic_number(b):
         return b
-    if isinstance(b, bool) or not (isinstance(b, (int, float)) or is_array_api_obj(b)):
+    if b is None or isinstance(b, bool) or not (isinstance(b, (int, float)) or is_array_api_obj(b)):
         raise TypeError(f"bias must be a real number or a 0-D array; got {describe(b)}")
     value: Any = b
     if is_array_api_obj(b):

@@ -14,19 +14,19 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _cells, _core, _dense, _ring, _stacks, _tiled
-from ._arrays import Scan, as_array, device, traits
+from ._arrays import Scan, as_array, traits
 from ._cells import Problem
 from ._directions import (
     BIAS,
     NOT_EMBEDDINGS,
     QUERY,
-    SAMPLE_WEIGHT,
     Config,
     Direction,
     directions,
     gradients,
     problem,
 )
+from ._reduction import Reduction, narrow
 from ._typing import Array, Namespace
 
 
@@ -86,6 +86,7 @@ class Plan:
         "_names",
         "_plain_only",
         "_ring",
+        "_sum",
         "config",
         "dtype",
         "out_dtype",
@@ -133,6 +134,8 @@ class Plan:
         self.routes = tuple(routes)
         self._kept = sum(sum(route.kept) for route in routes)  # arrays the routes keep
         self._plain_only = all(route.kernel in _PLAIN for route in routes)
+        plain = tuple(route.kernel in _PLAIN for route in routes)
+        self._sum = Reduction(reduction, out_dtype, plain, config.positives == "pairs")
         # The floating arrays' names, sorted (as JAX sorts a dict's keys), and the layout of
         # their normalisation; gathered, other workers' rows join them at each call.
         self._names = self._layout = None
@@ -185,11 +188,11 @@ class Plan:
             saved.append(kept)
         if len(saved) > 1:
             rows = rows / len(saved)
-        counts = self._counts(xp, saved)
-        weights = self._weights(xp, arrays, rows)
+        counts = self._sum.counts(xp, saved)
+        weights = self._sum.weights(xp, arrays, rows)
         if weights is not None:
             rows, counts = rows * weights, weights if counts is None else counts * weights
-        loss = self._reduce(xp, rows, counts)
+        loss = self._sum.reduce(xp, rows, counts)
         split = units if stacks is not None else None
         return loss, Residuals(arrays, stacks, lengths, tuple(saved), split)
 
@@ -206,60 +209,6 @@ class Plan:
         if route.kernel == "ring":
             return _ring.forward(xp, p, scale, chunk, step.loop, self._ring)
         return _tiled.forward(xp, p, scale, chunk, step.loop)
-
-    def _counts(self, xp: Namespace, saved: list[Any]) -> Array | None:
-        """Each row's weight in a mean, or None for 1 each: its number of positive pairs with
-        ``positives="pairs"``, else whether it has a positive (a plain row has one)."""
-        if self._plain_only:
-            return None
-        counts: Any = None
-        for route, kept in zip(self.routes, saved):
-            if route.kernel in _PLAIN:
-                continue
-            count = kept.count
-            if self.config.positives != "pairs":
-                count = xp.astype(count > 0, count.dtype)
-            counts = count if counts is None else counts + count
-        plain = sum(route.kernel in _PLAIN for route in self.routes)
-        if len(saved) > 1:
-            counts = (counts + plain) / len(saved)
-        return counts  # type: ignore[no-any-return]
-
-    # The reduction ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _weights(xp: Namespace, arrays: dict[str, Array], like: Array) -> Array | None:
-        """The rows' sample weights in the compute dtype, or None."""
-        return None if (w := arrays.get(SAMPLE_WEIGHT)) is None else _narrow(xp, w, like.dtype)
-
-    def _reduce(self, xp: Namespace, rows: Array, counts: Array | None) -> Array:
-        """The reduction in the compute dtype, then the output dtype. A mean weighs each row by
-        its count (see ``_counts``); a mean over no weight is 0."""
-        if self.reduction == "mean":
-            if counts is None:
-                rows = as_array(xp, xp.mean(rows))
-            else:
-                rows = as_array(xp, xp.sum(rows) / _divisor(xp, counts))
-        elif self.reduction == "sum":
-            rows = as_array(xp, xp.sum(rows))
-        return rows if rows.dtype == self.out_dtype else xp.astype(rows, self.out_dtype)
-
-    def _grad_rows(
-        self, xp: Namespace, grad: Any, n: int, counts: Array | None, like: Array
-    ) -> Array:
-        """The reduction's derivative, with the directions' average: the gradient of each
-        direction's rows from the loss's (None: ones). 0-D where all rows share it, which the
-        one-positive kernels take as it is (one operation fewer per call)."""
-        share = len(self.routes) * (n if self.reduction == "mean" and counts is None else 1)
-        if grad is None:
-            shape = (n,) if self.reduction == "none" else ()
-            grad = xp.full(shape, 1.0 / share, dtype=like.dtype, device=device(like))
-        else:
-            grad = grad if grad.dtype == like.dtype else xp.astype(grad, like.dtype)
-            grad = grad / share if share != 1 else grad
-        if self.reduction == "mean" and counts is not None:
-            grad = grad / _divisor(xp, counts)
-        return grad  # type: ignore[no-any-return]
 
     # The gradient ----------------------------------------------------------------------------
 
@@ -285,12 +234,12 @@ class Plan:
             units = _stacks.units_of(xp, residuals.units, where)
         anchor = units[QUERY]
         scale = scale_of(xp, temperature, anchor.dtype)
-        counts = self._counts(xp, list(residuals.saved))
-        weights = self._weights(xp, residuals.inputs, anchor)
+        counts = self._sum.counts(xp, list(residuals.saved))
+        weights = self._sum.weights(xp, residuals.inputs, anchor)
         if weights is not None:
             counts = weights if counts is None else counts * weights
         n = anchor.shape[0]
-        grad_rows = self._grad_rows(xp, grad, n, counts, anchor)
+        grad_rows = self._sum.grad_rows(xp, grad, n, counts, anchor)
         if weights is not None:
             grad_rows = grad_rows * weights
         step = _Step(xp, units, residuals.inputs, scale, offset, scan)
@@ -314,13 +263,13 @@ class Plan:
             grads = _stacks.backward(xp, residuals.units, residuals.lengths, grads, where)
         out = grads
         if self._cast:
-            out = {name: _narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
+            out = {name: narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
         if not isinstance(temperature, (int, float)):
             # d/dt f(1/t) = -f'(s) s^2
             grad_temperature = as_array(xp, -(grad_scale * scale * scale))
-            out["temperature"] = _narrow(xp, grad_temperature, temperature.dtype)
+            out["temperature"] = narrow(xp, grad_temperature, temperature.dtype)
         if grad_bias is not None and (wanted is None or BIAS in wanted):  # one direction
-            out[BIAS] = _narrow(xp, as_array(xp, grad_bias), residuals.inputs[BIAS].dtype)
+            out[BIAS] = narrow(xp, as_array(xp, grad_bias), residuals.inputs[BIAS].dtype)
         return out
 
     def _backward(
@@ -422,15 +371,3 @@ def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
     if isinstance(temperature, (int, float)):
         return 1.0 / temperature
     return as_array(xp, 1.0 / xp.astype(temperature, dtype))
-
-
-def _divisor(xp: Namespace, counts: Array) -> Array:
-    """The total weight of the rows, or 1 where it is 0 (every row's loss is then 0)."""
-    total = xp.sum(counts)
-    return xp.where(total > 0, total, xp.ones_like(total))
-
-
-def _narrow(xp: Namespace, x: Array, dtype: Any) -> Array:
-    """Cast to ``dtype``: entries beyond a narrower dtype's range become inf, as the seed's do,
-    so that loss scalers see the overflow."""
-    return x if x.dtype == dtype else xp.astype(x, dtype)

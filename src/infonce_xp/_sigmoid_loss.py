@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._call import Call, check_call, check_grad_output
-from ._checks import check_choice
+from ._checks import check_bias, check_choice
 from ._dispatch import adapter_for, evaluate
 from ._options import Options
 from ._typing import Array, Namespace, Reduction
@@ -50,8 +50,6 @@ def sigmoid_call(
     temperature: Any = None,
 ) -> Call:
     """The checked call of a sigmoid loss (``temperature``: a module's learned one, or None)."""
-    if bias is None:
-        raise TypeError("bias must be a real number or a 0-D array; got None")
     ring = exchange == "ring" and options.gather is not None
     return check_call(
         options, query, key, labels=labels, xp=xp, bias=bias, temperature=temperature, ring=ring
@@ -240,9 +238,7 @@ class SigmoidLoss:
         exchange: str = "gather",
     ) -> None:
         self.options = options_of(temperature, reduction, normalize, chunk_size, gather, exchange)
-        if bias is None:
-            raise TypeError("bias must be a real number or a 0-D array; got None")
-        self.bias, self.exchange = bias, exchange
+        self.bias, self.exchange = check_bias(bias), exchange
 
     @property
     def temperature(self) -> Any:

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ._call import check_call
-from ._checks import SUPERVISED, check_supervised_options
+from ._checks import SUPERVISED, check_bias, check_supervised_options
 from ._dispatch import evaluate
 from ._docs import option_attributes, with_options, with_supervised_options
 from ._options import Options
@@ -309,7 +309,7 @@ class SigmoidLoss(_Loss):
             if isinstance(bias, (torch.Tensor, bool)):
                 raise TypeError(f"learn_bias=True needs bias to be a float; got {bias!r}")
             bias = nn.Parameter(torch.tensor(float(bias)))
-        self.bias = bias  # a Parameter given or made is registered as one
+        self.bias = check_bias(bias)  # a Parameter given or made is registered as one
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, *, labels: torch.Tensor | None = None
