@@ -66,8 +66,7 @@ class Config(NamedTuple):
         rather than the one-positive kernel."""
         hardened = self.hardness is not None and anchor == QUERY
         rules = self.labelled or self.decoupled or self.guided or hardened or self.margin
-        rules = rules or self.sigmoid
-        return bool(rules or self.target is not None or self.debias is not None)
+        return bool(rules or self.sigmoid or self.target is not None or self.debias is not None)
 
 
 class Direction(NamedTuple):
@@ -353,12 +352,9 @@ def problem(
     smoothing, teacher = config.target or (0.0, None)
     margin = None if not config.margin else (config.margin * scale, config.margin)
     debias = None if config.debias is None else (*config.debias, -scale)
-    bias = None
-    if config.sigmoid:  # a number, or the array in the compute dtype
-        bias = config.bias
-        if bias is None:
-            bias = labels[BIAS]
-            bias = bias if bias.dtype == anchor.dtype else xp.astype(bias, anchor.dtype)
+    bias = config.bias if config.sigmoid else None  # a number, or the array (compute dtype)
+    if config.sigmoid and bias is None:
+        bias = xp.astype(labels[BIAS], anchor.dtype)
     return Problem(
         anchor,
         shared,
