@@ -47,7 +47,8 @@ class AllGather:
         """``x`` sent to the next device along the axis, the previous device's received
         (``lax.ppermute``), for ``exchange="ring"``."""
         n = self.size()
-        return jax.lax.ppermute(x, self.axis_name, [(i, (i + 1) % n) for i in range(n)])
+        perm = [(i, (i + 1) % n) for i in range(n)]
+        return jax.lax.ppermute(x, self.axis_name, perm)  # type: ignore[no-untyped-call]
 
     def _unbound(self) -> str:
         return (
