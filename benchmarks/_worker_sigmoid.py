@@ -1,6 +1,6 @@
 """The sigmoid section's measurements, run by ``_worker.py`` in a child process like the others:
 the sigmoid loss (SigLIP) of infonce_xp against open_clip's ``SigLipLoss``, in time and in
-tiled peak memory.
+tiled peak memory; and its two exchanges on gloo processes (``_sigmoid_gloo.py``).
 
 open_clip's ``loss.py`` (open-clip-torch 3.3.0, installed with ``pip install --no-deps``) is
 loaded alone from its file: the package is located, never imported (its dependencies are
@@ -121,4 +121,16 @@ def sigmoid_peak(spec: dict[str, Any]) -> dict[str, Any]:
     return peak_of(sigmoid_step(impl, n, dim, chunk), 0.0)
 
 
-JOBS = {"sigmoid_time": sigmoid_time, "sigmoid_peak": sigmoid_peak}
+def sigmoid_gloo(spec: dict[str, Any]) -> dict[str, Any]:
+    """``exchange`` on ``world`` gloo processes (``_sigmoid_gloo.py``): time per step and peak
+    resident memory per process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        return {"skipped": "skipped: this torch has no gloo backend"}
+    from _sigmoid_gloo import launch
+
+    return launch(spec)
+
+
+JOBS = {"sigmoid_time": sigmoid_time, "sigmoid_peak": sigmoid_peak, "sigmoid_gloo": sigmoid_gloo}

@@ -1,9 +1,11 @@
 """Section ``sigmoid``: the sigmoid loss (SigLIP) of infonce_xp against open_clip's
 ``SigLipLoss``: forward+backward time (dense), and the tiled peak memory against open_clip's
-dense peak."""
+dense peak; and ``exchange="ring"`` against ``exchange="gather"`` on gloo processes: time per
+step and peak per process."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import common
@@ -17,18 +19,30 @@ FULL: dict[str, Any] = {
     "sigmoid_budget_s": 60.0,  # per size: ~10 interleaved rounds of the three calls on 2 cores
     "sigmoid_tiled": (32768, 128, 1024),  # N, D, chunk_size
     "sigmoid_dense_n": 8192,  # the largest N at which open_clip's dense peak is measured
+    # the exchanges on gloo processes: rows per process, D, chunk_size; the numbers of
+    # processes; the timed steps after the warm-up; the time limit of each launch (~1 min at
+    # W = 4 on 2 cores)
+    "sigmoid_gloo": (4096, 256, 1024),
+    "sigmoid_gloo_worlds": [2, 4],
+    "sigmoid_gloo_reps": 5,
+    "sigmoid_gloo_timeout_s": 900,
 }
 QUICK: dict[str, Any] = {
     "sigmoid_sizes": [(128, 32)],
     "sigmoid_budget_s": 0.2,
     "sigmoid_tiled": (256, 16, 64),
     "sigmoid_dense_n": 256,
+    "sigmoid_gloo": (64, 16, 16),
+    "sigmoid_gloo_worlds": [2, 4],
+    "sigmoid_gloo_reps": 2,
+    "sigmoid_gloo_timeout_s": 120,
 }
 # open_clip's dense peak in N x N float32 matrices, the estimate that chooses the N it runs at
 # (measured: 6.23 at N = 2048, 5.03 at 8192): the logits, the labels (-1 everywhere, +2 on the
 # diagonal: two matrices), their product, logsigmoid's output and the gradient of the logits
 OPEN_CLIP_MATRICES = 6.0
 TILED = ("SigLipLoss", "SigmoidLoss")  # ours, each measured tiled
+EXCHANGES = ("gather", "ring")  # sigmoid_loss(..., gather=all_gather, exchange=...) under gloo
 
 # call -> how the report shows it
 SHOWN = {
@@ -89,6 +103,7 @@ def run(config: dict[str, Any]) -> Section:
         header += [f"{impl} / open_clip" for impl in ours]
         section.add(table([*header, "reps"], rows))
     tiled_part(section, config)
+    gloo_part(section, config)
     return section
 
 
@@ -147,4 +162,90 @@ def tiled_part(section: Section, config: dict[str, Any]) -> None:
         "below N, its peak is scaled by (N / its N)²: an estimate, shown as such, against "
         "which the goals are then checked.\n\n"
         + table(["call", "N", "peak (MiB)", "time (ms)", "/ open_clip's dense peak at N"], rows)
+    )
+
+
+def gloo_part(section: Section, config: dict[str, Any]) -> None:
+    """Each exchange on W gloo processes: the slowest rank's time per step, the largest peak
+    per process, and the ring's ratios to the gather."""
+    n, dim, chunk = config["sigmoid_gloo"]
+    reps, rows = config["sigmoid_gloo_reps"], []
+    for world in config["sigmoid_gloo_worlds"]:
+        got: dict[str, dict[str, Any]] = {}
+        for exchange in EXCHANGES:
+            log(f"sigmoid: gloo W={world} exchange={exchange} N={n} per process")
+            spec = {
+                "job": "sigmoid_gloo",
+                "world": world,
+                "exchange": exchange,
+                "n": n,
+                "d": dim,
+                "chunk": chunk,
+                "reps": reps,
+                "timeout_s": config["sigmoid_gloo_timeout_s"],
+            }
+            # the launch's own limit kills hung ranks; the child's leaves it time to report
+            result = common.child(
+                spec, {**config, "child_timeout_s": config["sigmoid_gloo_timeout_s"] + 60}
+            )
+            reason = result if isinstance(result, str) else result.get("skipped")
+            if reason is not None:
+                rows.append([world, f"`{exchange}`", reason, "-", "-", "-", "-"])
+                continue
+            got[exchange] = result
+            cells: list[Any] = ["-", "-"]
+            if exchange != "gather" and "gather" in got:
+                base = got["gather"]
+                ratios = [
+                    ("time", result["time"]["median"] / base["time"]["median"]),
+                    ("peak", result["peak_bytes"] / max(base["peak_bytes"], 1)),
+                ]
+                for i, (what, value) in enumerate(ratios):
+                    cells[i] = f"{value:.2f}x"
+                    section.measure(
+                        f"W={world}, {case(n, dim)}", f"gloo {what} ring / gather", value
+                    )
+            rows.append(
+                [
+                    world,
+                    f"`{exchange}`",
+                    timed(result["time"]),
+                    mib(result["peak_bytes"]),
+                    mib(result["hwm_bytes"]),
+                    *cells,
+                ]
+            )
+    cores = os.cpu_count() or 1
+    section.add(
+        "The two exchanges under `torch.distributed` (gloo, TCP on 127.0.0.1): W processes on "
+        f"this machine's {cores} cores, one torch thread each, every process with its own "
+        f"{n} queries and {n} keys of D = {dim}, forward+backward of `sigmoid_loss(q, k, 0.1, "
+        f"-10.0, gather=infonce_xp.torch.all_gather, exchange=..., chunk_size={chunk})`, each "
+        "exchange and W in fresh processes. `gather` all-gathers every worker's keys (W N x D, "
+        "and their gradient, summed over the workers); `ring` passes the key blocks round by "
+        "point-to-point send and receive, holding its own and one other, their gradients "
+        "travelling home with them. Time: the median over "
+        f"{reps} steps of the slowest rank's step, after a warm-up step (interquartile range in "
+        "brackets)"
+        + (
+            f"; where W exceeds the {cores} cores, the processes share them"
+            if any(w > cores for w in config["sigmoid_gloo_worlds"])
+            else ""
+        )
+        + ". Peak per process: the resident memory above the inputs of the first full-size "
+        "step (VmHWM reset through `/proc/self/clear_refs` just before it, the warm-up on a "
+        "small call), the largest over the ranks; VmHWM: the whole process's high-water mark "
+        "in that step (torch and gloo included).\n\n"
+        + table(
+            [
+                "W",
+                "exchange",
+                "time per step (ms)",
+                "peak per process (MiB)",
+                "VmHWM per process (MiB)",
+                "time ring / gather",
+                "peak ring / gather",
+            ],
+            rows,
+        )
     )
