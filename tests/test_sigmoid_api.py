@@ -129,7 +129,27 @@ class OneWorker:
         return grad
 
 
-def test_a_one_worker_gather_is_no_gather(backend):
+class OneWorkerRing:
+    """A ring of one worker, with no ``scatter``: the ring sends gradients home itself."""
+
+    def __call__(self, x):
+        raise AssertionError("exchange='ring' must not gather")
+
+    def rank(self):
+        return 0
+
+    def size(self):
+        return 1
+
+    def shift(self, x):
+        raise AssertionError("a ring of one worker has nothing to shift")
+
+
+@pytest.mark.parametrize(
+    ("gather", "exchange", "chunk_size"),
+    [(OneWorker, "gather", None), (OneWorkerRing, "ring", None), (OneWorkerRing, "ring", 3)],
+)
+def test_a_one_worker_gather_is_no_gather(backend, gather, exchange, chunk_size):
     q, k = data()
     inputs = backend.asarrays(q, k)
     common = {
@@ -140,10 +160,18 @@ def test_a_one_worker_gather_is_no_gather(backend):
         "grad_output": backend.asarray(weights("none")),
     }
     loss, grads = infonce_xp.sigmoid_loss_value_and_grad(*inputs, **common)
-    got_loss, got = infonce_xp.sigmoid_loss_value_and_grad(*inputs, gather=OneWorker(), **common)
+    got_loss, got = infonce_xp.sigmoid_loss_value_and_grad(
+        *inputs, gather=gather(), exchange=exchange, chunk_size=chunk_size, **common
+    )
     backend.assert_close(got_loss, loss, **TILED)
     for name, a, b in zip(NAMES, got, grads):
         backend.assert_close(a, b, **TILED, err_msg=name)
+
+
+def test_the_ring_needs_a_shift(backend):
+    q, k = backend.asarrays(*data())
+    with pytest.raises(TypeError, match=r"exchange=\"ring\".*gather.*shift"):
+        infonce_xp.sigmoid_loss(q, k, gather=OneWorker(), exchange="ring")
 
 
 # Bad input ------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ class Analytic:
     def value_and_grad(call: Call, grad_output: Array | None) -> tuple[Array, dict[str, Array]]:
         xp = call.xp
         gather = call.options.gather
-        if gather is not None and not isinstance(gather, ScatteringGather):
+        ring = call.plan.config.ring  # the ring sends the keys' gradients home itself
+        if gather is not None and not ring and not isinstance(gather, ScatteringGather):
             raise TypeError(
                 "gather must also have a scatter(grad) method for info_nce_value_and_grad on "
                 f"{xp.__name__} arrays, which have no autograd to send gradients home; "

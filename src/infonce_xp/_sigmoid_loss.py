@@ -249,11 +249,13 @@ class SigmoidLoss:
         return evaluate(call)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({describe_sigmoid(self.options, self.bias)})"
+        shown = describe_sigmoid(self.options, self.bias, self.exchange)
+        return f"{type(self).__name__}({shown})"
 
 
-def describe_sigmoid(options: Options, bias: Any, **shown: Any) -> str:
-    """The arguments of a sigmoid loss that differ from the defaults, as a constructor's."""
+def describe_sigmoid(options: Options, bias: Any, exchange: str, **shown: Any) -> str:
+    """The arguments of a sigmoid loss (those after the reduction where they differ from the
+    defaults), as a constructor's; ``shown`` overrides the first three's values."""
     parts = {"temperature": options.temperature, "bias": bias, "reduction": options.reduction}
     parts |= shown
     text = [f"{k}={v!r}" for k, v in parts.items()]
@@ -261,4 +263,4 @@ def describe_sigmoid(options: Options, bias: Any, **shown: Any) -> str:
     text += [
         f"{k}={getattr(options, k)!r}" for k, v in defaults.items() if getattr(options, k) != v
     ]
-    return ", ".join(text)
+    return ", ".join(text + ([] if exchange == "gather" else [f"exchange={exchange!r}"]))

@@ -324,6 +324,6 @@ class SigmoidLoss(_Loss):
         bias = self.bias
         if isinstance(bias, torch.Tensor):
             bias = float(f"{float(bias.detach()):.4g}") if self.learn_bias else _Shown("tensor")
-        shown = describe_sigmoid(self.options, bias, **self._shown_temperature())
+        shown = describe_sigmoid(self.options, bias, self.exchange, **self._shown_temperature())
         shown = self._repr(shown)
         return shown + ", learn_bias=True" if self.learn_bias else shown
