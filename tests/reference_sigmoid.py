@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import pytest
 
 OPEN_CLIP = "open-clip-torch==3.3.0"
 
@@ -87,6 +86,8 @@ def open_clip_loss_module() -> ModuleType | None:
 
 def require_open_clip() -> ModuleType:
     """open_clip's ``loss.py`` module, or a pytest skip that says how to install it."""
+    import pytest  # here: the benchmarks import this module without pytest
+
     module = open_clip_loss_module()
     if module is None:
         pytest.skip(

@@ -251,12 +251,14 @@ class Plan:
             wide = xp.broadcast_to(grad_rows, (n,))
         for route, kept in zip(self.routes, residuals.saved):
             rows = grad_rows if route.kernel in _PLAIN else wide
-            parts, g_scale, grad_bias = self._backward(step, route, kept, rows, wanted)
+            parts, g_scale, g_bias = self._backward(step, route, kept, rows, wanted)
             for name, g in parts:
                 if g is not None:
                     grads[name] = g if name not in grads else grads[name] + g
             if g_scale is not None:
                 grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
+            if g_bias is not None:
+                grad_bias = g_bias if grad_bias is None else grad_bias + g_bias
         if wanted is not None:
             grads = {k: g for k, g in grads.items() if k in wanted}
         if where is not None and residuals.lengths is not None and grads:
@@ -268,7 +270,7 @@ class Plan:
             # d/dt f(1/t) = -f'(s) s^2
             grad_temperature = as_array(xp, -(grad_scale * scale * scale))
             out["temperature"] = narrow(xp, grad_temperature, temperature.dtype)
-        if grad_bias is not None and (wanted is None or BIAS in wanted):  # one direction
+        if grad_bias is not None and (wanted is None or BIAS in wanted):
             out[BIAS] = narrow(xp, as_array(xp, grad_bias), residuals.inputs[BIAS].dtype)
         return out
 
