@@ -25,6 +25,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "hardness_beta": {"debiased_prior": 0.1, "hardness_beta": 1.0},
 }
 BASE = "plain"
+# the least a teacher's call can cost: the plain call, and the teacher's N x N similarities
+TEACHER_FLOOR = "teacher floor"
 
 Step = Callable[[], None]
 
@@ -40,10 +42,21 @@ def targets_step(option: str, n: int, dim: int, teacher_dim: int, chunk: int | N
     query = torch.randn(n, dim, generator=gen, requires_grad=True)
     key = torch.randn(n, dim, generator=gen, requires_grad=True)
     data: dict[str, Any] = {}
-    if option == "teacher":
+    if option in ("teacher", TEACHER_FLOOR):
         data["teacher"] = tuple(torch.randn(n, teacher_dim, generator=gen) for _ in range(2))
     elif option == "sample_weight":
         data["sample_weight"] = torch.rand(n, generator=gen) + 0.5  # positive, in [0.5, 1.5)
+    if option == TEACHER_FLOOR:
+        loss = InfoNCE(chunk_size=chunk)
+        t_query, t_key = data.pop("teacher")
+
+        def floor() -> None:
+            query.grad = key.grad = None
+            loss(query, key).backward()
+            unit = torch.nn.functional.normalize
+            unit(t_query, dim=-1) @ unit(t_key, dim=-1).T
+
+        return floor
     loss = InfoNCE(chunk_size=chunk, **OPTIONS[option])
 
     def step() -> None:
@@ -56,9 +69,10 @@ def targets_step(option: str, n: int, dim: int, teacher_dim: int, chunk: int | N
 def targets_time(spec: dict[str, Any]) -> dict[str, Any]:
     """Interleaved forward+backward times of every option and the plain call at one size."""
     n, dim = spec["size"]
-    steps = {
-        option: targets_step(option, n, dim, spec["teacher_dim"]) for option in spec["options"]
-    }
+    options = list(spec["options"])
+    if "teacher" in options:
+        options.insert(options.index("teacher") + 1, TEACHER_FLOOR)
+    steps = {option: targets_step(option, n, dim, spec["teacher_dim"]) for option in options}
     return {"times": interleaved(steps, spec["budget_s"])}
 
 

@@ -43,12 +43,11 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _siglip, _targets
-from ._arrays import device, multiply_into, row_dot, subtract_into
+from ._arrays import device, row_dot, subtract_into
 from ._rows import Diagonal, boolean, safe_shift, subtract_where, without, zeros
 from ._rows import count as _count
 from ._rows import either as _or
-from ._rows import exp_of as _exp
-from ._rows import hide as _hide
+from ._rows import exp_kept as _exp_kept
 from ._rows import log_of as _log
 from ._rows import lse as _lse
 from ._rows import lse_update as _lse_update
@@ -240,11 +239,18 @@ def adjust(xp: Namespace, p: Problem, z: Array, masks: Any) -> Array:
 
 
 def first_pass(
-    xp: Namespace, p: Problem, stats: tuple[Array, ...], z: Array, masks: Any, mine: bool = False
+    xp: Namespace,
+    p: Problem,
+    stats: tuple[Array, ...],
+    z: Array,
+    masks: Any,
+    mine: bool = False,
+    keep: Any = None,
 ) -> Any:
     """Update ``(top, total, positive sum, count)`` with one tile: the log-sum-exp over the
     kept cells for "supcon", over the negatives for "own" and "pairs" (``z`` is written over
-    if ``mine``: see :func:`_hide`)."""
+    if ``mine``: see ``_rows.hide``). ``keep`` (a dict, or None): the tile's exponentials are
+    kept there, by log-sum-exp, for :func:`response` (see ``_rows.exp_kept``)."""
     if p.sigmoid is not None:
         return _siglip.update(xp, p, stats, z, masks, mine)
     hidden, positive, part, _, g = masks
@@ -255,13 +261,15 @@ def first_pass(
         if p.positives != "supcon" and not _targets.soft(p):
             hidden = _or(xp, hidden, positive)
     if extra:
-        extra = list(_targets.update(xp, p, tuple(extra), z, hidden, g))
+        extra = list(_targets.update(xp, p, tuple(extra), z, hidden, g, mine, keep))
     if p.parts is not None and part is None:  # the own positives' column: hidden anyway
         part = 0
     if isinstance(part, int):  # a paired block: a part of its own
         part = xp.full((1, z.shape[-1]), part, dtype=xp.int32, device=device(z))
-    tilted = _targets.tilt(xp, p, z)
-    top, total = _lse_update(xp, top, total, tilted, hidden, mine or tilted is not z, part)
+    tilted = _targets.tilt(xp, p, z, mine)
+    mine = mine or tilted is not z
+    new = None if part is not None else _targets.tilted_top(p, extra)
+    top, total = _lse_update(xp, top, total, tilted, hidden, mine, part, keep, new=new)
     return top, total, zsum, count, *extra
 
 
@@ -311,33 +319,34 @@ def response(
     z: Array,
     masks: Any,
     mine: bool = False,
+    kept: Any = None,
 ) -> Array:
     """One tile of ``R`` (dl_i / dz_ij; see the module docstring) from the row statistics
-    (written over ``z`` if ``mine``: see :func:`_hide`)."""
+    (written over ``z`` if ``mine``: see ``_rows.hide``); ``kept``: :func:`first_pass`'s
+    ``keep`` of this tile (its exponentials are then written over), or None."""
     if p.sigmoid is not None:
         return _siglip.score(xp, p, z, masks, mine, True)[1]
     hidden, positive, part, _, g = masks
+    kept = kept or {}
     if _targets.soft(p) or p.debias is not None:
-        return _targets.response(xp, p, residual, z, hidden, positive, g, mine)
+        return _targets.response(xp, p, residual, z, (hidden, positive), g, mine, kept)
+    main = kept.get("main")
     if p.decoupled is not False:  # exp(z - LSE) on the negatives, -w at the positive
         lse, w = residual
-        shift = _part_shift(xp, lse, part)
-        kept = _hide(xp, z, _or(xp, hidden, positive), mine)
-        return subtract_where(xp, _exp(xp, kept, shift, mine or kept is not z), positive, w)
+        out = _exp_kept(xp, z, _or(xp, hidden, positive), _part_shift(xp, lse, part), mine, main)
+        return subtract_where(xp, out, positive, w)
     if p.positives != "supcon":
         lse_negatives, sigmas = residual
         pull = None
         if positive is not None and p.positives == "pairs":  # before z is written over
             pull = xp.where(boolean(xp, positive), _sigmoid(xp, lse_negatives[:, None] - z), 0.0)
-        kept = _hide(xp, z, _or(xp, hidden, positive), mine)
         shift = safe_shift(xp, lse_negatives)[:, None]
-        out = multiply_into(xp, _exp(xp, kept, shift, mine or kept is not z), sigmas[:, None])
+        out = _exp_kept(xp, z, _or(xp, hidden, positive), shift, mine, main, sigmas[:, None])
         if pull is not None:
             return subtract_into(xp, out, pull)
         return subtract_where(xp, out, positive, sigmas)  # "own": its one positive's sigma
     lse, count = residual
-    kept = _hide(xp, z, hidden, mine)
-    out = _exp(xp, kept, lse[:, None], mine or kept is not z)
+    out = _exp_kept(xp, z, hidden, lse[:, None], mine, main)
     share = 1.0 / xp.where(count > 0, count, xp.ones_like(count))
     return subtract_where(xp, out, positive, share)
 

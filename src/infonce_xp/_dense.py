@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import _blocks, _cells, _core, _rows, _siglip, _targets
-from ._arrays import diagonal, fill_diagonal, fill_where, multiply_into, subtract_exp, subtract_into
+from ._arrays import (
+    diagonal,
+    fill_diagonal,
+    fill_where,
+    multiply_into,
+    subtract_exp,
+    subtract_into,
+    traits,
+)
 from ._cells import Problem, Saved
 from ._typing import Array, Namespace
 
@@ -34,8 +42,16 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
     if p.sigmoid is not None:  # cell by cell: each tile's loss and responses in one pass
         return _scored(xp, p, tiles)
     stats = _cells.start(xp, p, scaled.shape[0], scaled)
-    for _, z, masks in tiles:
-        stats = _cells.first_pass(xp, p, stats, z, masks)
+    # Each tile's exponentials of the first pass are kept for its responses (one pass where
+    # three would recompute them), except where a compiler fuses element-wise work and would
+    # rather recompute than hold them. The responses then read no logit, so the first pass
+    # may write over them, but for "pairs" (its second pass reads them) and a log-sum-exp per
+    # block (which keeps nothing).
+    keeps = not traits(xp).fusing()
+    mine = keeps and p.positives != "pairs" and p.parts is None
+    kept: list[Any] = [{} if keeps else None for _ in tiles]
+    for (_, z, masks), keep in zip(tiles, kept):
+        stats = _cells.first_pass(xp, p, stats, z, masks, mine, keep)
     rows, count, residual = _cells.finish(
         xp, p, stats, lambda lse, sums: _second(xp, p, tiles, lse, sums)
     )
@@ -47,8 +63,8 @@ def forward(xp: Namespace, p: Problem, scale: Any) -> tuple[Array, Saved]:
         extra = _rows.zeros(xp, rows.shape[0], rows) if extra is None else extra
     learned = not isinstance(scale, (int, float))
     r = {}
-    for kind, z, masks in tiles:
-        r[kind] = _cells.response(xp, p, residual, z, masks, True)
+    for (kind, z, masks), keep in zip(tiles, kept):
+        r[kind] = _cells.response(xp, p, residual, z, masks, True, keep)
         d = _cells.scale_rows(xp, p, r[kind], masks) if learned else None
         extra = extra if d is None else extra + d
     return rows, Saved(r.get("shared"), r.get("paired"), r.get("own"), count, extra)

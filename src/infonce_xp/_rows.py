@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._arrays import device, diagonal, diagonal_mask, fill_diagonal, fill_where, subtract_exp
+from ._arrays import (
+    device,
+    diagonal,
+    diagonal_mask,
+    fill_diagonal,
+    fill_where,
+    multiply_into,
+    subtract_exp,
+)
 from ._typing import Array, Namespace
 
 
@@ -105,11 +113,51 @@ def exp_of(xp: Namespace, z: Array, shift: Array, mine: bool) -> Array:
     return subtract_exp(xp, z, shift) if mine else subtract_exp(xp, z - shift, None)
 
 
+def exp_kept(
+    xp: Namespace,
+    z: Array,
+    hidden: Any,
+    shift: Array,
+    mine: bool,
+    kept: Any = None,
+    times: Any = None,
+) -> Array:
+    """``exp(z - shift)`` (times the column ``times``, if given) on the cells not hidden, 0 on
+    the hidden ones (``shift`` a column).
+
+    ``kept``: the exponentials that a first pass made of the same cells, and their shift
+    (``lse_update``'s ``keep``); they are rescaled, written over, instead of computed anew:
+    one pass over the tile instead of three or four. Else over ``z`` if ``mine`` (see
+    :func:`hide`).
+    """
+    if kept is not None:
+        exps, at = kept
+        factor = xp.exp(at - shift)
+        return multiply_into(xp, exps, factor if times is None else factor * times)
+    cells = hide(xp, z, hidden, mine)
+    out = exp_of(xp, cells, shift, mine or cells is not z)
+    return out if times is None else multiply_into(xp, out, times)
+
+
 def lse_update(
-    xp: Namespace, top: Array, total: Array, z: Array, hidden: Any, mine: bool, part: Any = None
+    xp: Namespace,
+    top: Array,
+    total: Array,
+    z: Array,
+    hidden: Any,
+    mine: bool,
+    part: Any = None,
+    keep: Any = None,
+    name: str = "main",
+    new: Any = None,
 ) -> Any:
     """Online log-sum-exp: the running maximum and shifted sum, updated with the kept cells;
-    with ``part``, one per block (``top`` and ``total`` then (n, K), the cells (n, K, c))."""
+    with ``part``, one per block (``top`` and ``total`` then (n, K), the cells (n, K, c)).
+
+    ``keep`` (a dict, or None): without ``part``, the exponentials of the cells and their
+    shift (a column) are kept there under ``name``, for :func:`exp_kept` (the dense execution
+    keeps them; the tiled one streams). ``new``: the running maximum after this tile, where
+    the caller knows it (else the kept cells' maximum is taken)."""
     if part is not None:
         ks = xp.arange(top.shape[-1], device=device(z))[:, None]
         hidden = boolean(xp, hidden)
@@ -119,10 +167,13 @@ def lse_update(
         z, mine = z[:, None, :], False
     kept = hide(xp, z, hidden, mine)
     mine = mine or kept is not z  # a new array of our own
-    new = xp.maximum(top, row_max(xp, kept))
+    if new is None:
+        new = xp.maximum(top, row_max(xp, kept))
     shift = safe_shift(xp, new)
-    total = total * xp.exp(top - shift) + xp.sum(exp_of(xp, kept, shift[..., None], mine), axis=-1)
-    return new, total
+    exps = exp_of(xp, kept, shift[..., None], mine)
+    if keep is not None and part is None:
+        keep[name] = exps, shift[..., None]
+    return new, total * xp.exp(top - shift) + xp.sum(exps, axis=-1)
 
 
 def masked_sum(xp: Namespace, mask: Any, x: Array) -> Array:

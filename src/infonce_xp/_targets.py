@@ -26,10 +26,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._arrays import multiply_into, subtract_into
+from ._arrays import multiply_into, subtract_into, subtract_product
 from ._rows import (
     count,
     either,
+    exp_kept,
     exp_of,
     hide,
     log_of,
@@ -62,37 +63,61 @@ def start(xp: Namespace, p: Any, n: int, like: Array) -> tuple[Array, ...]:
     return ()
 
 
-def tilt(xp: Namespace, p: Any, z: Array) -> Array:
-    """The logits that the row's running log-sum-exp sums: ``(1 + beta) z`` when debiased."""
+def tilt(xp: Namespace, p: Any, z: Array, mine: bool) -> Array:
+    """The logits that the row's running log-sum-exp sums: ``(1 + beta) z`` when debiased
+    (written over ``z`` if ``mine``)."""
     if p.debias is None or not p.debias[1]:
         return z
-    return z * (1.0 + p.debias[1])
+    return multiply_into(xp, z, 1.0 + p.debias[1]) if mine else z * (1.0 + p.debias[1])
+
+
+def tilted_top(p: Any, extra: Any) -> Any:
+    """The running maximum of the tilted logits ``(1 + beta) z``, from that of ``beta z`` over
+    the same cells (:func:`update`'s, given as ``extra``): one pass fewer; None elsewhere."""
+    if p.debias is None or not p.debias[1]:
+        return None
+    return extra[0] * ((1.0 + p.debias[1]) / p.debias[1])
 
 
 def update(
-    xp: Namespace, p: Any, extra: tuple[Array, ...], z: Array, hidden: Any, g: Any
+    xp: Namespace,
+    p: Any,
+    extra: tuple[Array, ...],
+    z: Array,
+    hidden: Any,
+    g: Any,
+    mine: bool,
+    keep: Any,
 ) -> tuple[Array, ...]:
-    """:func:`start`'s statistics updated with a tile of logits ``z`` (before it is written
-    over), its hidden cells (with the positives for the debiased rows: those count negatives)
-    and the teacher's logits ``g`` (or None)."""
+    """:func:`start`'s statistics updated with a tile of logits ``z`` (not written over), its
+    hidden cells (with the positives for the debiased rows: those count negatives) and the
+    teacher's logits ``g`` (or None; written over if ``mine``). ``keep`` (a dict, or None):
+    the exponentials of ``beta z`` (debiased) or of the teacher's logits are kept there, as
+    ``_rows.lse_update`` keeps them."""
     n_kept = z.shape[-1] - count(xp, hidden, z)
     if p.debias is not None:
         if not p.debias[1]:
             return (extra[0] + n_kept,)
-        top, total = lse_update(xp, extra[0], extra[1], z * p.debias[1], hidden, True)
+        top, total = lse_update(
+            xp, extra[0], extra[1], z * p.debias[1], hidden, True, keep=keep, name="more"
+        )
         return top, total, extra[2] + n_kept
-    z = hide(xp, z, hidden, False, 0.0)  # the kept logits, 0 elsewhere
-    out = (extra[0] + xp.sum(z, axis=-1), extra[1] + n_kept)
+    cells = hide(xp, z, hidden, False, 0.0)  # the kept logits, 0 elsewhere
+    out = (extra[0] + xp.sum(cells, axis=-1), extra[1] + n_kept)
     if p.teacher is None:
         return out
     top, total, weighted = extra[2:]  # the teacher's online log-sum-exp, and sum exp(g) z
-    g = hide(xp, g, hidden, False)
-    new = xp.maximum(top, row_max(xp, g))
+    kept = hide(xp, g, hidden, mine)
+    new = xp.maximum(top, row_max(xp, kept))
     shift = safe_shift(xp, new)
-    e = exp_of(xp, g, shift[:, None], False)
+    e = exp_of(xp, kept, shift[:, None], mine or kept is not g)
+    if keep is not None:
+        keep["more"] = e, shift[:, None]
     rescale = xp.exp(top - shift)
     total = total * rescale + xp.sum(e, axis=-1)
-    return (*out, new, total, weighted * rescale + xp.sum(multiply_into(xp, e, z), axis=-1))
+    # sum_j e_ij z_ij as N dot products: no N x M product is written
+    weighted = weighted * rescale + (e[:, None, :] @ cells[:, :, None])[:, 0, 0]
+    return (*out, new, total, weighted)
 
 
 def finish(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
@@ -121,26 +146,34 @@ def response(
     p: Any,
     residual: tuple[Array, ...],
     z: Array,
-    hidden: Any,
-    positive: Any,
+    masks: Any,
     g: Any,
     mine: bool,
+    kept: Any,
 ) -> Array:
     """One tile of ``dl_i / dz_ij`` from :func:`finish`'s residual (see the module docstring);
-    ``z`` with its margin and hardness, written over if ``mine``."""
+    ``z`` with its margin and hardness, written over if ``mine``; ``masks`` its hidden and
+    positive cells; ``kept`` the first pass's exponentials of the tile (a dict, maybe empty:
+    see ``_rows.exp_kept``)."""
     if p.debias is not None:
-        return _debiased_response(xp, p, residual, z, (hidden, positive), mine)
+        return _debiased_response(xp, p, residual, z, masks, mine, kept)
+    hidden, positive = masks
     row_lse, kall, more = residual
     e = float(p.smoothing)
-    teacher = None
+    teacher = factor = None
     if p.teacher is not None:  # (1 - e) softmax(g) on the kept cells (g's last use)
         shift = safe_shift(xp, more)[:, None] - math.log1p(-e)
-        teacher = exp_of(xp, hide(xp, g, hidden, True), shift, True)
-    kept = hide(xp, z, hidden, mine)
-    out = exp_of(xp, kept, safe_shift(xp, row_lse)[:, None], mine or kept is not z)
+        if "more" in kept:  # the first pass's exps, rescaled as they are subtracted
+            teacher, at = kept["more"]
+            factor = xp.exp(at - shift)
+        else:
+            teacher = exp_kept(xp, g, hidden, shift, True)
+    out = exp_kept(xp, z, hidden, safe_shift(xp, row_lse)[:, None], mine, kept.get("main"))
     if e:  # e / K on the kept cells
         out = subtract_into(xp, out, e / xp.where(kall > 0, kall, xp.ones_like(kall))[:, None])
         out = hide(xp, out, hidden, True, 0.0)
+    if factor is not None:
+        return subtract_product(xp, out, teacher, factor)
     if teacher is not None:
         return subtract_into(xp, out, teacher)
     return subtract_where(
@@ -184,20 +217,29 @@ def _debiased(xp: Namespace, p: Any, stats: tuple[Array, ...]) -> Any:
 
 
 def _debiased_response(
-    xp: Namespace, p: Any, residual: Any, z: Array, masks: Any, mine: bool
+    xp: Namespace, p: Any, residual: Any, z: Array, masks: Any, mine: bool, kept: Any
 ) -> Array:
     """:func:`response` of debiased rows; ``masks``: the tile's hidden and positive cells."""
     a, b, c1, pull, _ = residual
     beta, positive = p.debias[1], masks[1]
     negatives = either(xp, *masks)
-    kept = hide(xp, z, negatives, mine)
     if not beta:
-        out = exp_of(xp, kept, safe_shift(xp, a)[:, None], mine or kept is not z)
-        return subtract_where(xp, multiply_into(xp, out, c1[:, None]), positive, -pull)
-    # c1 ((1 + beta) e^{(1 + beta) z - A} - beta e^{beta z - B}), as e^{beta z - B} times
-    # (c1 (1 + beta) e^{z - (A - B)} - c1 beta): two exps, each bounded on the negatives
-    weights = exp_of(xp, kept * beta, b[:, None], True)
-    out = exp_of(xp, kept, (safe_shift(xp, a) - b)[:, None], mine or kept is not z)
+        out = exp_kept(
+            xp, z, negatives, safe_shift(xp, a)[:, None], mine, kept.get("main"), c1[:, None]
+        )
+        return subtract_where(xp, out, positive, -pull)
+    # c1 ((1 + beta) e^{(1 + beta) z - A} - beta e^{beta z - B})
+    if "main" in kept and "more" in kept:  # from the first pass's two exps: two passes
+        (tilted, at), (others, at_b) = kept["main"], kept["more"]
+        k_a = c1 * (1.0 + beta) * xp.exp(at[:, 0] - safe_shift(xp, a))
+        k_b = c1 * beta * xp.exp(at_b[:, 0] - b)
+        out = subtract_product(xp, multiply_into(xp, tilted, k_a[:, None]), others, k_b[:, None])
+        return subtract_where(xp, out, positive, -pull)
+    # as e^{beta z - B} times (c1 (1 + beta) e^{z - (A - B)} - c1 beta): two exps, each
+    # bounded on the negatives
+    cells = hide(xp, z, negatives, mine)
+    weights = exp_of(xp, cells * beta, b[:, None], True)
+    out = exp_of(xp, cells, (safe_shift(xp, a) - b)[:, None], mine or cells is not z)
     out = subtract_into(
         xp, multiply_into(xp, out, (c1 * (1.0 + beta))[:, None]), (c1 * beta)[:, None]
     )
