@@ -154,7 +154,12 @@ def size(n_bytes: float) -> str:
 def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "-"
-    return f"{a / b:.2f}x"
+    return times(a / b)
+
+
+def times(value: float) -> str:
+    """A ratio as shown: two decimals, or two significant digits below 0.1 (not "0.00x")."""
+    return f"{value:.2f}x" if abs(value) >= 0.1 else f"{value:.2g}x"
 
 
 def matrices(n_bytes: float, n: int) -> str:
@@ -188,7 +193,7 @@ class Section:
         self.parts.append(text)
 
     def measure(self, case: str, quantity: str, value: float, shown: str | None = None) -> None:
-        self.measured[(case, quantity)] = (value, f"{value:.2f}x" if shown is None else shown)
+        self.measured[(case, quantity)] = (value, times(value) if shown is None else shown)
 
     def figure(self, name: str, alt: str, draw: Drawing) -> None:
         """A figure at this place of the text, drawn only when the report is written."""

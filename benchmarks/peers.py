@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from _worker_peers import CLASSES
-from common import Section, case, child, log, mib, size, table, timed
+from common import Section, case, child, log, mib, size, table, timed, times
 
 MEMORY_CLASS = "st.MultipleNegativesRankingLoss"
 PER_MATRIX = 4.0  # the peer's peak in (N, 2N) float32 matrices before one is measured (≈ 4.1)
@@ -45,14 +45,14 @@ def run(config: dict[str, Any]) -> Section:
         section.add(f"Not measured: {result}")
     else:
         rows = []
-        for name, times in result["rows"].items():
+        for name, measured in result["rows"].items():
             cells = [f"`{name}`", CLASSES[name], case(*sizes[name])]
-            if isinstance(times, str):
-                rows.append([*cells, times, "-", "-", "-"])
+            if isinstance(measured, str):
+                rows.append([*cells, measured, "-", "-", "-"])
                 continue
-            ours, peer = times["ours"], times["peer"]
+            ours, peer = measured["ours"], measured["peer"]
             value = ours["median"] / peer["median"]
-            rows.append([*cells, timed(ours), timed(peer), f"{value:.2f}x", ours["reps"]])
+            rows.append([*cells, timed(ours), timed(peer), times(value), ours["reps"]])
             section.measure(case(*sizes[name]), f"time {name} / peer", value)
         header = ["class", "peer's code", "(N, D)", "ours (ms)", "peer (ms)", "ours / peer"]
         section.add(table([*header, "reps"], rows))
