@@ -202,6 +202,33 @@ def test_the_torch_func_question_is_the_private_one_here():
     assert seen == [True]
 
 
+@pytest.mark.backends("torch")
+def test_torchs_questions_of_the_moment_are_asked_when_they_are_used(monkeypatch):
+    """The ``Traits`` callables of torch are bound once (``_namespaces.torch_now``) but answer
+    for the moment they are called: a tensor on the tape, inside ``torch.func.vmap``, while
+    torch compiles."""
+    import torch
+
+    from infonce_xp._arrays import array_namespace, traits
+
+    found = traits(array_namespace(torch.ones(1)))
+    assert found.overwrite(torch.ones(2))
+    assert not found.overwrite(torch.ones(2, requires_grad=True))
+    assert not found.watched() and not found.fusing()
+    assert found.diagonal_read() and found.diagonal_view()
+    seen = []
+
+    def probe(x):
+        seen.append((found.overwrite(torch.ones(2)), found.watched()))
+        return x
+
+    torch.func.vmap(probe)(torch.ones(2))
+    assert seen == [(False, True)]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert found.fusing() and not found.watched()
+    assert not found.diagonal_read() and not found.diagonal_view()
+
+
 def test_what_the_shapes_decide_is_found_once_per_plan(monkeypatch):
     """The normalisation's layout (which inputs share a stack) is fixed when the plan is made,
     not found at each call; other shapes or dtypes make another plan, never a stale one."""

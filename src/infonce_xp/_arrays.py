@@ -15,15 +15,16 @@ from typing import Any, NamedTuple
 from array_api_compat import is_lazy_array, is_writeable_array
 
 from ._namespaces import (
+    Now,
     array_namespace,
     device,
-    in_torch_func,
     is_array_api_obj,
     is_torch_tensor,
     library,
     library_name,
     result_type,
     torch_compiling,
+    torch_now,
 )
 from ._typing import Array, Namespace
 
@@ -132,21 +133,20 @@ def traits(xp: Namespace) -> Traits:
             with contextlib.suppress(TypeError):  # the standard's exp has no out=
                 exp_in_place = "out" if xp.exp(probe, out=probe) is probe else ""
         lazy = known[1] if known else bool(is_lazy_array(probe))
+        now = torch_now() if library(xp) == "torch" else None
         found = Traits(
             writeable=writeable,
             lazy=lazy,
             exp_in_place=exp_in_place,
             scalar_reductions=not isinstance(xp.sum(probe), type(probe)),
-            diagonal_view=_diagonal_view(xp, known) if writeable else _never,
-            diagonal_read=_not_compiling if library(xp) == "torch" else _always,
-            fusing=_always if lazy else torch_compiling if library(xp) == "torch" else _never,
-            watched=_torch_transforms_active if library(xp) == "torch" else _never,
+            diagonal_view=_diagonal_view(xp, known, now) if writeable else _never,
+            diagonal_read=now.not_compiling if now else _always,
+            fusing=_always if lazy else now.compiling if now else _never,
+            watched=now.transforms if now else _never,
             fill=next((m for m in ("fill_", "fill") if writeable and hasattr(probe, m)), ""),
             masked_fill=writeable and hasattr(probe, "masked_fill_"),
             addcmul=writeable and hasattr(probe, "addcmul_"),
-            overwrite=(
-                _torch_overwrite if library(xp) == "torch" else _always_1 if writeable else _never_1
-            ),
+            overwrite=now.overwrite if now else _always_1 if writeable else _never_1,
         )
         _TRAITS[xp.__name__] = found
     return found
@@ -154,12 +154,6 @@ def traits(xp: Namespace) -> Traits:
 
 def _may_overwrite(xp: Namespace, x: Array) -> bool:
     return traits(xp).overwrite(x)
-
-
-def _torch_overwrite(x: Any) -> bool:
-    # A tensor on an autograd tape may be saved by the op that made it, and torch.func's
-    # transforms (vmap, grad, jacrev) cannot always write in place: never write over those.
-    return not x.requires_grad and not _torch_transforms_active()
 
 
 def _always_1(x: Any) -> bool:
@@ -174,7 +168,9 @@ def _never() -> bool:
     return False
 
 
-def _diagonal_view(xp: Namespace, known: tuple[bool, ...] | None) -> Callable[[], bool]:
+def _diagonal_view(
+    xp: Namespace, known: tuple[bool, ...] | None, now: Now | None
+) -> Callable[[], bool]:
     square = xp.zeros((2, 2))
     if known is not None:
         view = known[2]
@@ -182,32 +178,22 @@ def _diagonal_view(xp: Namespace, known: tuple[bool, ...] | None) -> Callable[[]
         view = hasattr(square, "diagonal") and bool(is_writeable_array(square.diagonal()))
     if not view:
         return _never  # NumPy's diagonal is read-only; the standard has none
-    return _not_compiling if library(xp) == "torch" else _always
+    return now.not_compiling if now else _always
 
 
 def _always() -> bool:
     return True
 
 
-def _not_compiling() -> bool:
-    return not torch_compiling()
-
-
-def _torch_transforms_active() -> bool:
-    # The C check first: it is the common answer, and the cheaper one.
-    if not in_torch_func():
-        return False
-    return not torch_compiling()  # the compiler makes its own choice
-
-
 def subtract_exp(xp: Namespace, x: Array, shift: Array | None) -> Array:
     """``exp(x - shift)`` (``exp(x)`` if None), written over ``x`` where the library can (``x``
     must be our own)."""
-    if not _may_overwrite(xp, x):
+    found = traits(xp)
+    if not found.overwrite(x):
         return xp.exp(x if shift is None else x - shift)
     if shift is not None:
         x -= shift
-    how = traits(xp).exp_in_place
+    how = found.exp_in_place
     if how == "method":
         return x.exp_()
     return xp.exp(x, out=x) if how == "out" else xp.exp(x)
@@ -224,9 +210,10 @@ def subtract_into(xp: Namespace, x: Array, y: Array) -> Array:
 def subtract_product(xp: Namespace, x: Array, a: Array, b: Array) -> Array:
     """``x - a * b``, written over ``x`` where the library can (``x`` must be our own): one
     operation where the library has it (torch's ``addcmul_``)."""
-    if not _may_overwrite(xp, x):
+    found = traits(xp)
+    if not found.overwrite(x):
         return x - a * b
-    if traits(xp).addcmul:
+    if found.addcmul:
         return x.addcmul_(a, b, value=-1)
     x -= a * b
     return x
@@ -257,8 +244,8 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
     pass over every entry and a second N x M buffer, where the ``where`` joins the next pass.
     """
     n, m = x.shape
-    if isinstance(offset, int) and _may_overwrite(xp, x) and not traits(xp).fusing():
-        found = traits(xp)
+    found = traits(xp)
+    if isinstance(offset, int) and found.overwrite(x) and not found.fusing():
         if found.diagonal_view():
             view = x.diagonal(offset)
             if isinstance(values, (int, float)) and found.fill:
@@ -278,7 +265,8 @@ def fill_diagonal(xp: Namespace, x: Array, offset: Any, values: Any) -> Array:
 def subtract_diagonal(xp: Namespace, x: Array, offset: Any, values: Array) -> Array:
     """``x`` (N, M) with ``values[i]`` subtracted from ``x[i, offset + i]``: one strided write
     in place where the library can (``x`` must be our own)."""
-    if isinstance(offset, int) and _may_overwrite(xp, x) and traits(xp).diagonal_view():
+    found = traits(xp)
+    if isinstance(offset, int) and found.overwrite(x) and found.diagonal_view():
         view = x.diagonal(offset)
         view -= values  # in place through the view (item assignment would copy it back)
         return x
@@ -287,9 +275,10 @@ def subtract_diagonal(xp: Namespace, x: Array, offset: Any, values: Array) -> Ar
 
 def fill_where(xp: Namespace, x: Array, mask: Array, value: float) -> Array:
     """``where(mask, value, x)``, written over ``x`` where the library can (``x`` our own)."""
-    if not _may_overwrite(xp, x):
+    found = traits(xp)
+    if not found.overwrite(x):
         return xp.where(mask, value, x)
-    if traits(xp).masked_fill:  # boolean __setitem__ would sync on the mask's count
+    if found.masked_fill:  # boolean __setitem__ would sync on the mask's count
         return x.masked_fill_(mask, value)
     x[mask] = value
     return x

@@ -106,7 +106,8 @@ def check_call(
     key: Any = None
     t = options.temperature if temperature is None else temperature
     # a NumPy bias may become a number (see _check_call): checked at every call
-    if type(t) in (float, int) and not torch_compiling() and not is_numpy_value(bias):
+    numpy_bias = bias is not None and is_numpy_value(bias)
+    if type(t) in (float, int) and not numpy_bias and not torch_compiling():
         key = (options, xp, supervised, t, bias if _directions.BIAS not in given else None, ring)
         try:
             for name, x in given.items():

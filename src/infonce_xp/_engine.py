@@ -234,7 +234,7 @@ class Plan:
             units = _stacks.units_of(xp, residuals.units, where)
         anchor = units[QUERY]
         scale = scale_of(xp, temperature, anchor.dtype)
-        counts = self._sum.counts(xp, list(residuals.saved))
+        counts = self._sum.counts(xp, residuals.saved)
         weights = self._sum.weights(xp, residuals.inputs, anchor)
         if weights is not None:
             counts = weights if counts is None else counts * weights
@@ -312,8 +312,9 @@ class Plan:
     def _plain(step: _Step, route: Route) -> tuple[tuple[Array, ...], Any]:
         """Anchor, positive and candidates of a one-positive route, and the in-batch offset of
         the positives among the candidates (None: a separate positive)."""
-        arrays = tuple(step.units[name] for name in route.names or ())
-        return arrays, None if route.direction.positive is not None else step.offset
+        a, b, c = route.names or ("", "", "")
+        offset = None if route.direction.positive is not None else step.offset
+        return (step.units[a], step.units[b], step.units[c]), offset
 
     def _floats(self, xp: Namespace, arrays: dict[str, Array]) -> dict[str, Array]:
         """The floating arrays of a call (not the labels), in the compute dtype, by name."""
@@ -346,19 +347,22 @@ class Plan:
     def load(self, inputs: dict[str, Array], leaves: Any, split: bool) -> Residuals:
         """The residuals that :meth:`save` flattened, with the inputs they were computed from."""
         units = lengths = by_name = None
-        it = iter(leaves)
+        at = 0
         if self.config.normalize:
             floats = self._names or _float_names(inputs)
             # the rest are the stacks, their lengths (two per stack) and the units by name
             n = (len(leaves) - self._kept - (len(floats) if split else 0)) // 3
-            units = tuple(next(it) for _ in range(n))
-            lengths = tuple(next(it) for _ in range(2 * n))
+            units, lengths, at = tuple(leaves[:n]), tuple(leaves[n : 3 * n]), 3 * n
             if split:
-                by_name = {name: next(it) for name in floats}
+                by_name = dict(zip(floats, leaves[at : at + len(floats)]))
+                at += len(floats)
         saved = []
         for route in self.routes:
-            kind = _core.Saved if route.kernel in _PLAIN else _cells.Saved
-            saved.append(kind(*(next(it) if there else None for there in route.kept)))
+            fields = []
+            for there in route.kept:
+                fields.append(leaves[at] if there else None)
+                at += there
+            saved.append((_core.Saved if route.kernel in _PLAIN else _cells.Saved)(*fields))
         return Residuals(inputs, units, lengths, tuple(saved), by_name)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import array_api_compat
 
@@ -126,6 +127,45 @@ def torch_compiling() -> bool:
     """Whether torch is compiling (tracing) the caller, without importing torch."""
     torch = sys.modules.get("torch")
     return torch is not None and torch.compiler.is_compiling()
+
+
+class Now(NamedTuple):
+    """torch's answers for right now (see ``Traits``): the primitives ask them at every
+    operation, so each is one call, its functions bound once (no module lookups)."""
+
+    compiling: Callable[[], bool]
+    not_compiling: Callable[[], bool]
+    transforms: Callable[[], bool]
+    overwrite: Callable[[Any], bool]
+
+
+def torch_now() -> Now:
+    """torch's :class:`Now`, bound to the torch this process imported (``traits`` asks once)."""
+    import torch
+
+    compiler = torch.compiler  # looked up at each call: tests (and tools) replace it
+
+    def compiling() -> bool:
+        return compiler.is_compiling()
+
+    # torch has no public question for torch.func's transforms: the private one where this
+    # torch has it (tests/test_plan.py pins that ours does), else "yes" (see in_torch_func)
+    active = getattr(torch._C, "_are_functorch_transforms_active", _yes)
+
+    def not_compiling() -> bool:
+        return not compiler.is_compiling()
+
+    def transforms() -> bool:
+        # the C check first: it is the common answer, and the cheaper one; the compiler makes
+        # its own choice
+        return bool(active()) and not compiler.is_compiling()
+
+    def overwrite(x: Any) -> bool:
+        # A tensor on an autograd tape may be saved by the op that made it, and torch.func's
+        # transforms (vmap, grad, jacrev) cannot always write in place: never write over those.
+        return not x.requires_grad and not (active() and not compiler.is_compiling())
+
+    return Now(compiling, not_compiling, transforms, overwrite)
 
 
 # Values -----------------------------------------------------------------------------------

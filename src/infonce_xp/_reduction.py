@@ -3,6 +3,7 @@ rows' weights in a mean, the sample weights, and the average over directions."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ._arrays import as_array, device
@@ -18,7 +19,7 @@ class Reduction(NamedTuple):
     plain: tuple[bool, ...]  # per route: a one-positive kernel (each row one positive)
     pairs: bool  # positives="pairs": a row weighs its number of positive pairs in a mean
 
-    def counts(self, xp: Namespace, saved: list[Any]) -> Array | None:
+    def counts(self, xp: Namespace, saved: Sequence[Any]) -> Array | None:
         """Each row's weight in a mean, or None for 1 each: its number of positive pairs with
         ``positives="pairs"``, else whether it has a positive (a plain row has one)."""
         if all(self.plain):

@@ -52,6 +52,9 @@ def layout(shapes: dict[str, tuple[int, ...]], fusing: bool = False) -> Layout:
 def normalise(xp: Namespace, arrays: dict[str, Array], where: Layout) -> Stacks:
     """The unit rows of each group's stack, the two factors of their lengths per stack (see
     ``_core.normalise``), and the unit rows by name (views)."""
+    if len(where) == 1:  # one stack: spared the lists (small calls pay for each step)
+        units, length, largest = _core.normalise(xp, stacked(xp, arrays, where[0]))
+        return (units,), (length, largest), unstacked(xp, units, where[0])
     parts = [_core.normalise(xp, stacked(xp, arrays, group)) for group in where]
     stacks = tuple(units for units, _, _ in parts)
     lengths = tuple(factor for _, length, largest in parts for factor in (length, largest))
@@ -73,6 +76,8 @@ def backward(
 ) -> dict[str, Array]:
     """The gradients through ``normalise`` of the arrays in ``grads`` (the stacks and lengths
     as returned)."""
+    if len(where) == 1 and len(grads) == len(where[0]):  # one stack, every array
+        return _whole(xp, stacks[0], lengths, where[0], grads)
     out: dict[str, Array] = {}
     for i, group in enumerate(where):
         if any(name in grads for name, _, _ in group):
@@ -88,8 +93,7 @@ def _backward(
     length, largest = factors
     mine = tuple(entry for entry in group if entry[0] in grads)
     if len(mine) == len(group):  # every array: the whole stack
-        g = _core.normalise_backward(xp, stack, length, largest, stacked(xp, grads, group))
-        return unstacked(xp, g, group)
+        return _whole(xp, stack, factors, group, grads)
     spans, start = {}, 0
     for name, _, rows in group:
         spans[name] = start, start + rows
@@ -107,6 +111,15 @@ def _backward(
         g = _core.normalise_backward(xp, stack[a:b, ...], length[a:b, ...], largest[a:b, ...], g)
         out[name] = xp.reshape(g, shape)
     return out
+
+
+def _whole(
+    xp: Namespace, stack: Array, factors: Any, group: Group, grads: dict[str, Array]
+) -> dict[str, Array]:
+    """The gradients of every array of one stack, in one pass."""
+    length, largest = factors
+    g = _core.normalise_backward(xp, stack, length, largest, stacked(xp, grads, group))
+    return unstacked(xp, g, group)
 
 
 def stacked(xp: Namespace, arrays: dict[str, Array], group: Group) -> Array:

@@ -75,7 +75,8 @@ class _Rows(torch.autograd.Function):
                 residuals = plan.forward(xp, arrays, t, offset)[1]
             else:
                 residuals = plan.load(arrays, saved[n:], ctx.split)
-            wanted = {k for k, needed in zip(static.names, ctx.needs_input_grad[1:]) if needed}
+            needs = ctx.needs_input_grad[1:]
+            wanted = None if all(needs) else {k for k, w in zip(static.names, needs) if w}
             grads = plan.backward(xp, residuals, grad, t, offset, wanted=wanted)
         learned = (grads.get("temperature"),) if static.temperature is None else ()
         return (None, *(grads.get(k) for k in static.names), *learned)
