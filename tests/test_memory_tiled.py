@@ -94,7 +94,11 @@ def peaks(library: str, n: int, d: int, chunks: list[int], timeout: float, **spe
     return {int(chunk): peak for chunk, peak in json.loads(line[len("RESULT ") :]).items()}
 
 
-@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    "library",
+    # each in one session of the test matrix: the child process does not use the backend
+    [pytest.param(name, marks=pytest.mark.backends(name)) for name in ("numpy", "torch")],
+)
 def test_chunk_size_beyond_the_batch_costs_what_the_batch_does(library):
     """N = 8 with chunk_size=65536 peaks within 2x of chunk_size=8 (plus a page-sized margin).
     Before, each tile was 65536 x 65536: 17 GB or more, refused here by an address-space cap."""
@@ -104,6 +108,7 @@ def test_chunk_size_beyond_the_batch_costs_what_the_batch_does(library):
 
 
 @pytest.mark.slow
+@pytest.mark.backends("torch")  # the torch session only: the child does not use the backend
 @pytest.mark.parametrize("positives", ["own", "supcon", "pairs"])
 def test_labelled_tiled_call_peaks_below_its_bound(positives):
     """A labelled tiled call at N = 32768 (D = 128, chunk_size=1024, 64 classes, torch) peaks

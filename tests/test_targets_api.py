@@ -364,6 +364,7 @@ PROBES = {
 
 
 @pytest.mark.slow
+@pytest.mark.backends("torch")  # the torch session only: the child does not use the backend
 @pytest.mark.parametrize("name", list(PROBES))
 def test_tiled_call_with_each_option_peaks_below_its_bound(name, monkeypatch):
     """torch, D = 128, chunk_size=1024: the peak resident memory above the inputs (the teacher

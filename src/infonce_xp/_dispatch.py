@@ -7,12 +7,16 @@ plan's forward and backward directly. A new bridge is one branch of ``adapter_fo
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from ._arrays import library, native, traits
-from ._call import Call, gathered
+from ._call import Call, check_call, gathered
 from ._checks import describe
 from ._directions import HOME
+from ._namespaces import dynamo_tracing
+from ._options import Options
 from ._typing import Array, Namespace, ScatteringGather
 
 
@@ -83,3 +87,29 @@ def adapter_for(xp: Namespace) -> Adapter:
 def evaluate(call: Call) -> Array:
     """The reduced loss of a checked call."""
     return adapter_for(call.xp).loss(call)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_call_when_compiled(fn: F) -> F:
+    """Mark a public loss (a module-level function): while torch's Dynamo traces it, it is one
+    opaque call that AOTAutograd traces (see ``_torch_compiled``); otherwise ``fn`` itself."""
+    name = f"{fn.__module__}:{fn.__qualname__}"
+
+    @functools.wraps(fn)
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        if dynamo_tracing():
+            from ._torch_compiled import call_whole
+
+            return call_whole(fn, name, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return entry  # type: ignore[return-value]
+
+
+@one_call_when_compiled
+def loss_of(options: Options, *arrays: Any, **checked: Any) -> Array:
+    """The reduced loss of a call of ``options`` on ``arrays`` (as ``check_call`` takes
+    them), checked."""
+    return evaluate(check_call(options, *arrays, **checked))

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from ._call import check_call, check_grad_output
 from ._checks import SUPERVISED, check_supervised_options
-from ._dispatch import adapter_for, evaluate
+from ._dispatch import adapter_for, loss_of, one_call_when_compiled
 from ._docs import option_attributes, with_options, with_supervised_options
 from ._options import Options
 from ._typing import Array, Namespace, NegativeMode, Reduction
@@ -23,6 +23,7 @@ class Gradients(NamedTuple):
 
 
 @with_options
+@one_call_when_compiled
 def info_nce(
     query: Array,
     positive_key: Array,
@@ -95,20 +96,8 @@ def info_nce(
     True
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
-    return evaluate(
-        check_call(
-            opts,
-            query,
-            positive_key,
-            negative_keys,
-            labels,
-            negative_labels,
-            xp=xp,
-            guide=guide,
-            teacher=teacher,
-            sample_weight=sample_weight,
-        )
-    )
+    arrays = (query, positive_key, negative_keys, labels, negative_labels)
+    return loss_of(opts, *arrays, xp=xp, guide=guide, teacher=teacher, sample_weight=sample_weight)
 
 
 @with_options
@@ -231,16 +220,16 @@ class InfoNCE:
         sample_weight: Array | None = None,
     ) -> Array:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        call = check_call(
+        return loss_of(
             self.options, *arrays, guide=guide, teacher=teacher, sample_weight=sample_weight
         )
-        return evaluate(call)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"
 
 
 @with_supervised_options
+@one_call_when_compiled
 def supervised_info_nce(
     embeddings: Array,
     labels: Array,
@@ -304,17 +293,15 @@ def supervised_info_nce(
     """
     options = check_supervised_options(options)
     opts = Options.of(temperature, reduction, "unpaired", options, for_call=True)
-    return evaluate(
-        check_call(
-            opts,
-            query=embeddings,
-            negative_keys=references,
-            labels=labels,
-            negative_labels=reference_labels,
-            xp=xp,
-            supervised=True,
-            sample_weight=sample_weight,
-        )
+    return loss_of(
+        opts,
+        query=embeddings,
+        negative_keys=references,
+        labels=labels,
+        negative_labels=reference_labels,
+        xp=xp,
+        supervised=True,
+        sample_weight=sample_weight,
     )
 
 
@@ -363,7 +350,7 @@ class SupervisedInfoNCE:
         reference_labels: Array | None = None,
         sample_weight: Array | None = None,
     ) -> Array:
-        call = check_call(
+        return loss_of(
             self.options,
             query=embeddings,
             negative_keys=references,
@@ -372,7 +359,6 @@ class SupervisedInfoNCE:
             supervised=True,
             sample_weight=sample_weight,
         )
-        return evaluate(call)
 
     def __repr__(self) -> str:
         o = self.options

@@ -129,6 +129,13 @@ def torch_compiling() -> bool:
     return torch is not None and torch.compiler.is_compiling()
 
 
+def dynamo_tracing() -> bool:
+    """Whether torch's Dynamo traces the caller (not AOTAutograd, not eager), without
+    importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_dynamo_compiling()
+
+
 class Now(NamedTuple):
     """torch's answers for right now (see ``Traits``): the primitives ask them at every
     operation, so each is one call, its functions bound once (no module lookups)."""

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from ._call import Call, check_call, check_grad_output
 from ._checks import check_bias, check_choice
-from ._dispatch import adapter_for, evaluate
+from ._dispatch import adapter_for, loss_of, one_call_when_compiled
 from ._options import Options
 from ._typing import Array, Namespace, Reduction
 
@@ -50,12 +50,35 @@ def sigmoid_call(
     temperature: Any = None,
 ) -> Call:
     """The checked call of a sigmoid loss (``temperature``: a module's learned one, or None)."""
-    ring = exchange == "ring" and options.gather is not None
     return check_call(
-        options, query, key, labels=labels, xp=xp, bias=bias, temperature=temperature, ring=ring
+        options, query, key, **_keywords(options, bias, labels, xp, exchange, temperature)
     )
 
 
+def sigmoid_loss_of(
+    options: Options,
+    query: Any,
+    key: Any,
+    bias: Any,
+    labels: Any,
+    xp: Any,
+    exchange: str,
+    temperature: Any = None,
+) -> Array:
+    """The reduced loss of a sigmoid call, checked (as ``sigmoid_call`` takes it)."""
+    return loss_of(
+        options, query, key, **_keywords(options, bias, labels, xp, exchange, temperature)
+    )
+
+
+def _keywords(
+    options: Options, bias: Any, labels: Any, xp: Any, exchange: str, temperature: Any
+) -> dict[str, Any]:
+    ring = exchange == "ring" and options.gather is not None
+    return {"labels": labels, "xp": xp, "bias": bias, "temperature": temperature, "ring": ring}
+
+
+@one_call_when_compiled
 def sigmoid_loss(
     query: Array,
     key: Array,
@@ -141,7 +164,7 @@ def sigmoid_loss(
     (32,)
     """
     opts = options_of(temperature, reduction, normalize, chunk_size, gather, exchange, True)
-    return evaluate(sigmoid_call(opts, query, key, bias, labels, xp, exchange))
+    return sigmoid_loss_of(opts, query, key, bias, labels, xp, exchange)
 
 
 def sigmoid_loss_value_and_grad(
@@ -245,8 +268,7 @@ class SigmoidLoss:
         return self.options.temperature
 
     def __call__(self, query: Array, key: Array, *, labels: Array | None = None) -> Array:
-        call = sigmoid_call(self.options, query, key, self.bias, labels, None, self.exchange)
-        return evaluate(call)
+        return sigmoid_loss_of(self.options, query, key, self.bias, labels, None, self.exchange)
 
     def __repr__(self) -> str:
         shown = describe_sigmoid(self.options, self.bias, self.exchange)

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._call import check_call
 from ._checks import SUPERVISED, check_bias, check_supervised_options
-from ._dispatch import evaluate
+from ._dispatch import loss_of
 from ._docs import option_attributes, with_options, with_supervised_options
 from ._options import Options
-from ._sigmoid_loss import describe_sigmoid, options_of, sigmoid_call
+from ._sigmoid_loss import describe_sigmoid, options_of, sigmoid_loss_of
 from ._torch_gather import AllGather, all_gather
 from ._torch_grad_cache import grad_cache
 
@@ -165,7 +164,7 @@ class InfoNCE(_Loss):
         sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         arrays = (query, positive_key, negative_keys, labels, negative_labels)
-        call = check_call(
+        loss: torch.Tensor = loss_of(
             self.options,
             *arrays,
             temperature=self._learned(),
@@ -173,7 +172,6 @@ class InfoNCE(_Loss):
             teacher=teacher,
             sample_weight=sample_weight,
         )
-        loss: torch.Tensor = evaluate(call)
         return loss
 
     def extra_repr(self) -> str:
@@ -232,7 +230,7 @@ class SupervisedInfoNCE(_Loss):
         reference_labels: torch.Tensor | None = None,
         sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        call = check_call(
+        loss: torch.Tensor = loss_of(
             self.options,
             query=embeddings,
             negative_keys=references,
@@ -242,7 +240,6 @@ class SupervisedInfoNCE(_Loss):
             supervised=True,
             sample_weight=sample_weight,
         )
-        loss: torch.Tensor = evaluate(call)
         return loss
 
     def extra_repr(self) -> str:
@@ -315,9 +312,10 @@ class SigmoidLoss(_Loss):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, *, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        bias, exchange = self.bias, self.exchange
-        call = sigmoid_call(self.options, query, key, bias, labels, None, exchange, self._learned())
-        loss: torch.Tensor = evaluate(call)
+        bias, exchange, learned = self.bias, self.exchange, self._learned()
+        loss: torch.Tensor = sigmoid_loss_of(
+            self.options, query, key, bias, labels, None, exchange, learned
+        )
         return loss
 
     def extra_repr(self) -> str:
