@@ -30,12 +30,16 @@ BACKEND_PACKAGES = {
     "numpy": [],
     "array_api_strict": [],
     "torch": [],
-    "jax": [JAX, "optax"],
+    "jax": [JAX, "optax", "pytest-xdist"],
     "cupy_like": [],
     "cupy": [os.environ.get("INFONCE_CUPY", "cupy-cuda12x")],
     "torch-cuda": [],
     "jax-gpu": [os.environ.get("INFONCE_JAX_GPU", "jax[cuda12]")],
 }
+
+# JAX compiles a program for each new shape and option, on one core: its session (the longest)
+# runs on two processes, each test file in one (a file's module-scoped fixtures run once).
+PARALLEL = {"jax": ["-n", "2", "--dist", "loadfile"]}
 
 
 def group(name: str) -> list[str]:
@@ -57,6 +61,8 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install("array-api-compat")
     session.install("--no-deps", OPEN_CLIP)
     args = session.posargs or []
+    if backend in PARALLEL and not args:
+        args = PARALLEL[backend]
     session.run(
         "pytest",
         f"--backend={backend}",
