@@ -108,8 +108,11 @@ def one_call_when_compiled(fn: F) -> F:
     return entry  # type: ignore[return-value]
 
 
-@one_call_when_compiled
-def loss_of(options: Options, *arrays: Any, **checked: Any) -> Array:
+def checked_loss(options: Options, *arrays: Any, **checked: Any) -> Array:
     """The reduced loss of a call of ``options`` on ``arrays`` (as ``check_call`` takes
-    them), checked."""
+    them), checked: the body of the public functions, which are marked themselves."""
     return evaluate(check_call(options, *arrays, **checked))
+
+
+# the classes' and modules' entry: their options cross as values (see _torch_compiled)
+loss_of = one_call_when_compiled(checked_loss)

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from ._call import check_call, check_grad_output
 from ._checks import SUPERVISED, check_supervised_options
-from ._dispatch import adapter_for, loss_of, one_call_when_compiled
+from ._dispatch import adapter_for, checked_loss, loss_of, one_call_when_compiled
 from ._docs import option_attributes, with_options, with_supervised_options
 from ._options import Options
 from ._typing import Array, Namespace, NegativeMode, Reduction
@@ -97,7 +97,9 @@ def info_nce(
     """
     opts = Options.of(temperature, reduction, negative_mode, options, for_call=True)
     arrays = (query, positive_key, negative_keys, labels, negative_labels)
-    return loss_of(opts, *arrays, xp=xp, guide=guide, teacher=teacher, sample_weight=sample_weight)
+    return checked_loss(
+        opts, *arrays, xp=xp, guide=guide, teacher=teacher, sample_weight=sample_weight
+    )
 
 
 @with_options
@@ -293,16 +295,22 @@ def supervised_info_nce(
     """
     options = check_supervised_options(options)
     opts = Options.of(temperature, reduction, "unpaired", options, for_call=True)
-    return loss_of(
-        opts,
-        query=embeddings,
-        negative_keys=references,
-        labels=labels,
-        negative_labels=reference_labels,
-        xp=xp,
-        supervised=True,
-        sample_weight=sample_weight,
-    )
+    arrays = (embeddings, labels, references, reference_labels, sample_weight)
+    return checked_loss(opts, xp=xp, **supervised_keywords(*arrays))
+
+
+def supervised_keywords(
+    embeddings: Any, labels: Any, references: Any, reference_labels: Any, sample_weight: Any
+) -> dict[str, Any]:
+    """A single-set call's arrays as ``check_call`` (and ``loss_of``) takes them."""
+    return {
+        "query": embeddings,
+        "negative_keys": references,
+        "labels": labels,
+        "negative_labels": reference_labels,
+        "supervised": True,
+        "sample_weight": sample_weight,
+    }
 
 
 @option_attributes
@@ -350,15 +358,8 @@ class SupervisedInfoNCE:
         reference_labels: Array | None = None,
         sample_weight: Array | None = None,
     ) -> Array:
-        return loss_of(
-            self.options,
-            query=embeddings,
-            negative_keys=references,
-            labels=labels,
-            negative_labels=reference_labels,
-            supervised=True,
-            sample_weight=sample_weight,
-        )
+        arrays = (embeddings, labels, references, reference_labels, sample_weight)
+        return loss_of(self.options, **supervised_keywords(*arrays))
 
     def __repr__(self) -> str:
         o = self.options

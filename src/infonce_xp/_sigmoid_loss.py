@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._call import Call, check_call, check_grad_output
+from ._call import check_call, check_grad_output
 from ._checks import check_bias, check_choice
-from ._dispatch import adapter_for, loss_of, one_call_when_compiled
+from ._dispatch import adapter_for, checked_loss, loss_of, one_call_when_compiled
 from ._options import Options
 from ._typing import Array, Namespace, Reduction
 
@@ -39,41 +39,11 @@ def options_of(
     return Options.of(temperature, reduction, "unpaired", keywords, for_call=for_call)
 
 
-def sigmoid_call(
-    options: Options,
-    query: Any,
-    key: Any,
-    bias: Any,
-    labels: Any,
-    xp: Any,
-    exchange: str,
-    temperature: Any = None,
-) -> Call:
-    """The checked call of a sigmoid loss (``temperature``: a module's learned one, or None)."""
-    return check_call(
-        options, query, key, **_keywords(options, bias, labels, xp, exchange, temperature)
-    )
-
-
-def sigmoid_loss_of(
-    options: Options,
-    query: Any,
-    key: Any,
-    bias: Any,
-    labels: Any,
-    xp: Any,
-    exchange: str,
-    temperature: Any = None,
-) -> Array:
-    """The reduced loss of a sigmoid call, checked (as ``sigmoid_call`` takes it)."""
-    return loss_of(
-        options, query, key, **_keywords(options, bias, labels, xp, exchange, temperature)
-    )
-
-
-def _keywords(
-    options: Options, bias: Any, labels: Any, xp: Any, exchange: str, temperature: Any
+def sigmoid_keywords(
+    options: Options, bias: Any, labels: Any, xp: Any, exchange: str, temperature: Any = None
 ) -> dict[str, Any]:
+    """A sigmoid call's keywords of ``check_call`` (and ``loss_of``) beside its query and key
+    (``temperature``: a module's learned one, or None)."""
     ring = exchange == "ring" and options.gather is not None
     return {"labels": labels, "xp": xp, "bias": bias, "temperature": temperature, "ring": ring}
 
@@ -164,7 +134,7 @@ def sigmoid_loss(
     (32,)
     """
     opts = options_of(temperature, reduction, normalize, chunk_size, gather, exchange, True)
-    return sigmoid_loss_of(opts, query, key, bias, labels, xp, exchange)
+    return checked_loss(opts, query, key, **sigmoid_keywords(opts, bias, labels, xp, exchange))
 
 
 def sigmoid_loss_value_and_grad(
@@ -212,7 +182,7 @@ def sigmoid_loss_value_and_grad(
     ((8, 16), ())
     """
     opts = options_of(temperature, reduction, normalize, chunk_size, gather, exchange, True)
-    call = sigmoid_call(opts, query, key, bias, labels, xp, exchange)
+    call = check_call(opts, query, key, **sigmoid_keywords(opts, bias, labels, xp, exchange))
     if grad_output is not None:
         n: int = call.arrays["query"].shape[0]
         check_grad_output(call, grad_output, (n,) if opts.reduction == "none" else ())
@@ -268,7 +238,8 @@ class SigmoidLoss:
         return self.options.temperature
 
     def __call__(self, query: Array, key: Array, *, labels: Array | None = None) -> Array:
-        return sigmoid_loss_of(self.options, query, key, self.bias, labels, None, self.exchange)
+        keywords = sigmoid_keywords(self.options, self.bias, labels, None, self.exchange)
+        return loss_of(self.options, query, key, **keywords)
 
     def __repr__(self) -> str:
         shown = describe_sigmoid(self.options, self.bias, self.exchange)

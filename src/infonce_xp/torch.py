@@ -12,8 +12,9 @@ from torch import nn
 from ._checks import SUPERVISED, check_bias, check_supervised_options
 from ._dispatch import loss_of
 from ._docs import option_attributes, with_options, with_supervised_options
+from ._loss import supervised_keywords
 from ._options import Options
-from ._sigmoid_loss import describe_sigmoid, options_of, sigmoid_loss_of
+from ._sigmoid_loss import describe_sigmoid, options_of, sigmoid_keywords
 from ._torch_gather import AllGather, all_gather
 from ._torch_grad_cache import grad_cache
 
@@ -230,16 +231,9 @@ class SupervisedInfoNCE(_Loss):
         reference_labels: torch.Tensor | None = None,
         sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        loss: torch.Tensor = loss_of(
-            self.options,
-            query=embeddings,
-            negative_keys=references,
-            labels=labels,
-            negative_labels=reference_labels,
-            temperature=self._learned(),
-            supervised=True,
-            sample_weight=sample_weight,
-        )
+        arrays = (embeddings, labels, references, reference_labels, sample_weight)
+        keywords = supervised_keywords(*arrays)
+        loss: torch.Tensor = loss_of(self.options, temperature=self._learned(), **keywords)
         return loss
 
     def extra_repr(self) -> str:
@@ -312,10 +306,9 @@ class SigmoidLoss(_Loss):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, *, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        bias, exchange, learned = self.bias, self.exchange, self._learned()
-        loss: torch.Tensor = sigmoid_loss_of(
-            self.options, query, key, bias, labels, None, exchange, learned
-        )
+        options, learned = self.options, self._learned()
+        keywords = sigmoid_keywords(options, self.bias, labels, None, self.exchange, learned)
+        loss: torch.Tensor = loss_of(options, query, key, **keywords)
         return loss
 
     def extra_repr(self) -> str:
