@@ -28,6 +28,7 @@ LAYERS = [
     ["_dense", "_tiled"],
     ["_directions", "_ring"],
     ["_reduction"],
+    ["_lean"],
     ["_engine"],
     ["_options"],
     ["_docs", "_data"],

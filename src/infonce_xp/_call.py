@@ -282,7 +282,8 @@ def _check_call(
     floats = {k: x for k, x in given.items() if k not in _directions.NOT_EMBEDDINGS}
     out_dtype = result_type(xp, *named.values())
     ring_gather = options.gather if ring else None
-    plan = Plan(xp, config, empty, options.reduction, out_dtype, floats, ring_gather)
+    weighted = _directions.SAMPLE_WEIGHT in given
+    plan = Plan(xp, config, empty, options.reduction, out_dtype, floats, ring_gather, weighted)
     return Call(xp, given, temperature, plan, options)
 
 

@@ -39,7 +39,7 @@ class Analytic:
     @staticmethod
     def loss(call: Call) -> Array:
         arrays, offset = gathered(call)
-        return call.plan.forward(call.xp, arrays, call.temperature, offset)[0]
+        return call.plan.execution.forward(call.xp, arrays, call.temperature, offset)[0]
 
     @staticmethod
     def value_and_grad(call: Call, grad_output: Array | None) -> tuple[Array, dict[str, Array]]:
@@ -53,8 +53,9 @@ class Analytic:
                 f"got {describe(gather)}"
             )
         arrays, offset = gathered(call)
-        loss, residuals = call.plan.forward(xp, arrays, call.temperature, offset)
-        grads = call.plan.backward(xp, residuals, grad_output, call.temperature, offset)
+        run = call.plan.execution
+        loss, residuals = run.forward(xp, arrays, call.temperature, offset)
+        grads = run.backward(xp, residuals, grad_output, call.temperature, offset)
         for name, local in HOME.items():
             if name in grads:
                 mine = gather.scatter(grads.pop(name))  # type: ignore[union-attr]

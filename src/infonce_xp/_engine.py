@@ -26,6 +26,7 @@ from ._directions import (
     gradients,
     problem,
 )
+from ._lean import Execution, Lean, add, scale_of, temperature_gradient
 from ._reduction import Reduction, narrow
 from ._typing import Array, Namespace
 
@@ -89,6 +90,7 @@ class Plan:
         "_sum",
         "config",
         "dtype",
+        "execution",
         "out_dtype",
         "reduction",
         "routes",
@@ -103,11 +105,13 @@ class Plan:
         out_dtype: Any,
         floats: dict[str, Array],
         ring: Any = None,
+        weighted: bool = False,
     ) -> None:
         """``empty``: the explicit negatives have no row (tiles then gain nothing);
         ``out_dtype``: the floating inputs' promoted dtype, that of the loss; ``floats``: the
         call's floating arrays by name, whose shapes and dtypes (not values) the plan reads;
-        ``ring``: the gather whose ``shift`` passes the keys round (``exchange="ring"``)."""
+        ``ring``: the gather whose ``shift`` passes the keys round (``exchange="ring"``);
+        ``weighted``: the call has sample weights."""
         self.config, self.reduction, self.out_dtype = config, reduction, out_dtype
         self._ring = ring
         # the compute dtype: at least float32 (half-precision inputs are upcast for the logits
@@ -144,9 +148,19 @@ class Plan:
             if config.normalize:
                 shapes = {k: tuple(floats[k].shape) for k in self._names}
                 self._layout = _stacks.layout(shapes, fusing)
+        self.execution: Execution = self._lean(weighted) or self
         kernels = tuple(r.kernel for r in routes)
         shaped = (self._cast, self._names, self._layout)  # what the arrays' facts decided
-        self._key = (config, reduction, str(out_dtype), kernels, shaped, ring)
+        self._key = (config, reduction, str(out_dtype), kernels, shaped, ring, weighted)
+
+    def _lean(self, weighted: bool) -> Lean | None:
+        """The lean execution (:mod:`._lean`) where every route is the plain kernel and
+        nothing else is asked of the call: no cast, sample weights or workers."""
+        plain = all(route.kernel == "plain" for route in self.routes)
+        if not plain or self._cast or weighted or self._names is None:
+            return None
+        routes = tuple((*r.names, r.direction.positive is None) for r in self.routes)  # type: ignore[misc]
+        return Lean(routes, self._layout, self._sum, self._names)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._key == other._key
@@ -255,10 +269,7 @@ class Plan:
             for name, g in parts:
                 if g is not None:
                     grads[name] = g if name not in grads else grads[name] + g
-            if g_scale is not None:
-                grad_scale = g_scale if grad_scale is None else grad_scale + g_scale
-            if g_bias is not None:
-                grad_bias = g_bias if grad_bias is None else grad_bias + g_bias
+            grad_scale, grad_bias = add(grad_scale, g_scale), add(grad_bias, g_bias)
         if wanted is not None:
             grads = {k: g for k, g in grads.items() if k in wanted}
         if where is not None and residuals.lengths is not None and grads:
@@ -267,9 +278,7 @@ class Plan:
         if self._cast:
             out = {name: narrow(xp, g, residuals.inputs[name].dtype) for name, g in grads.items()}
         if not isinstance(temperature, (int, float)):
-            # d/dt f(1/t) = -f'(s) s^2
-            grad_temperature = as_array(xp, -(grad_scale * scale * scale))
-            out["temperature"] = narrow(xp, grad_temperature, temperature.dtype)
+            out["temperature"] = temperature_gradient(xp, grad_scale, scale, temperature)
         if grad_bias is not None and (wanted is None or BIAS in wanted):
             out[BIAS] = narrow(xp, as_array(xp, grad_bias), residuals.inputs[BIAS].dtype)
         return out
@@ -370,10 +379,3 @@ def _float_names(arrays: dict[str, Array]) -> list[str]:
     """The floating arrays' names in the order of the stacked units (sorted: the same after a
     pytree, as JAX sorts a dict's keys)."""
     return [k for k in sorted(arrays) if k not in NOT_EMBEDDINGS]
-
-
-def scale_of(xp: Namespace, temperature: Any, dtype: Any) -> Any:
-    """The inverse temperature: a Python float, or a 0-D array of the compute dtype."""
-    if isinstance(temperature, (int, float)):
-        return 1.0 / temperature
-    return as_array(xp, 1.0 / xp.astype(temperature, dtype))

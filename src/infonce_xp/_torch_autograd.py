@@ -10,13 +10,13 @@ import torch
 
 from ._call import Call, gathered
 from ._directions import CONSTANT_NAMES
-from ._engine import Plan
+from ._lean import Execution
 
 
 class _Static(NamedTuple):
     """The Function's first argument: everything that is not a tensor."""
 
-    plan: Plan
+    plan: Execution  # the plan's (see Plan.execution)
     xp: Any
     offset: Any
     names: tuple[str, ...]  # of the tensors, in order (a learned temperature follows them)
@@ -76,10 +76,10 @@ class _Rows(torch.autograd.Function):
             else:
                 residuals = plan.load(arrays, saved[n:], ctx.split)
             needs = ctx.needs_input_grad[1:]
-            wanted = None if all(needs) else {k for k, w in zip(static.names, needs) if w}
+            wanted = None if False not in needs else {k for k, w in zip(static.names, needs) if w}
             grads = plan.backward(xp, residuals, grad, t, offset, wanted=wanted)
         learned = (grads.get("temperature"),) if static.temperature is None else ()
-        return (None, *(grads.get(k) for k in static.names), *learned)
+        return (None, *map(grads.get, static.names), *learned)
 
 
 class _EagerRows(_Rows):
@@ -166,9 +166,9 @@ class TorchAdapter:
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
             # Nothing to differentiate: no Function, no residuals kept.
             with _no_autocast(inputs[0]):
-                return call.plan.forward(call.xp, arrays, t, offset)[0]  # type: ignore[no-any-return]
+                return call.plan.execution.forward(call.xp, arrays, t, offset)[0]  # type: ignore[no-any-return]
         fixed = None if isinstance(t, torch.Tensor) else t
-        return APPLY(_Static(call.plan, call.xp, offset, tuple(arrays), fixed), inputs)
+        return APPLY(_Static(call.plan.execution, call.xp, offset, tuple(arrays), fixed), inputs)
 
     @classmethod
     def value_and_grad(
