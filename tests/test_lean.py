@@ -119,3 +119,42 @@ def test_a_plan_is_lean_by_what_its_call_holds():
     weighted = Plan(xp, config, False, "mean", Q.dtype, floats, weighted=True)
     assert plain != weighted
     assert isinstance(plain.execution, _lean.Lean) and weighted.execution is weighted
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("options", [dict(), dict(normalize=False), dict(symmetric=True)])
+def test_torch_transforms_and_double_backward_through_the_lean_execution(options):
+    """``torch.func`` (the Function returns the residuals: the unit rows are views of a stack,
+    and without normalisation they are the inputs themselves) and ``create_graph=True`` (the
+    backward recomputes the residuals under autograd) give the general execution's numbers."""
+    import torch
+
+    from infonce_xp import info_nce
+
+    func = torch.func
+    gen = torch.Generator().manual_seed(2)
+    qs, ks = (
+        torch.randn(3, 6, 5, generator=gen, dtype=torch.float64),
+        torch.randn(3, 6, 5, generator=gen, dtype=torch.float64),
+    )
+
+    def loss(q, k):
+        return info_nce(q, k, **options)
+
+    def general(q, k):  # the same call on the plan's own execution
+        call = _call.check_call(Options.of(0.1, "mean", "unpaired", dict(options)), q, k)
+        return call.plan.forward(call.xp, dict(call.arrays), 0.1)[0]
+
+    assert isinstance(_call.check_call(Options(**options), qs[0], ks[0]).plan.execution, _lean.Lean)
+    got = func.vmap(func.grad(loss, argnums=(0, 1)))(qs, ks)
+    want = func.vmap(func.grad(general, argnums=(0, 1)))(qs, ks)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    q, k = (x.clone().requires_grad_() for x in (qs[0], ks[0]))
+    (g,) = torch.autograd.grad(loss(q, k), q, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), k)
+    q2, k2 = (x.clone().requires_grad_() for x in (qs[0], ks[0]))
+    (g2,) = torch.autograd.grad(general(q2, k2), q2, create_graph=True)
+    (gg2,) = torch.autograd.grad((g2 * g2).sum(), k2)
+    torch.testing.assert_close(g, g2, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gg, gg2, rtol=1e-10, atol=1e-12)

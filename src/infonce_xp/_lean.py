@@ -141,14 +141,15 @@ class Lean:
             grads["temperature"] = temperature_gradient(xp, grad_scale, scale, temperature)
         return grads
 
-    @staticmethod
-    def save(residuals: tuple[Array, ...], split: bool) -> list[Array]:
-        """The residuals as a flat list (they are one)."""
-        return list(residuals)
+    def save(self, residuals: tuple[Array, ...], split: bool) -> list[Array]:
+        """The residuals that are not inputs, as a flat list: without normalisation the
+        arrays themselves lead them (a Function may not return its inputs as outputs)."""
+        return list(residuals[len(self._names) if self.layout is None else 0 :])
 
-    @staticmethod
-    def load(inputs: dict[str, Array], leaves: Any, split: bool) -> tuple[Array, ...]:
-        """The residuals that :meth:`save` listed."""
+    def load(self, inputs: dict[str, Array], leaves: Any, split: bool) -> tuple[Array, ...]:
+        """The residuals that :meth:`save` listed, with the inputs they were computed from."""
+        if self.layout is None:
+            return (*map(inputs.__getitem__, self._names), *leaves)
         return tuple(leaves)
 
 
